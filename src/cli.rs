@@ -1,0 +1,185 @@
+//! The `tandem` command line. Each command exists only once the work behind it does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::config::{ConnectorSettings, FlowMode, LogFormat, Schedule, Settings};
+use crate::journal::Journal;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Bidirectional record sync: Jira Cloud ↔ Salesforce"
+)]
+pub struct Cli {
+    /// Configuration file, layered over config/default.toml and config/local.toml
+    /// (environment variables TANDEM__SECTION__KEY override all files).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP server and workers, until SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Load and validate the configuration; explain every mistake; non-zero exit if any.
+    CheckConfig,
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 invalid configuration.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        print!("{}", describe(&settings));
+        return ExitCode::SUCCESS;
+    }
+    let format = cli
+        .log_format
+        .or(settings.log.format)
+        .unwrap_or(LogFormat::Pretty);
+    crate::telemetry::init(format, settings.log.level.as_deref().unwrap_or("info"));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(settings).await,
+            Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "tandem failed");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let app = Application::build(settings)
+        .await
+        .context("starting the daemon")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let journal = Journal::open(&settings.storage, &settings.journal)
+        .await
+        .context("opening the database")?;
+    let result = journal.migrate().await.context("applying migrations");
+    journal.close().await;
+    result?;
+    println!("database {} is up to date", settings.storage.url);
+    Ok(())
+}
+
+/// Cancel on SIGTERM (service managers, `docker stop`) or SIGINT (Ctrl-C).
+async fn cancel_on_signal(token: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("stop signal received");
+    token.cancel();
+}
+
+/// What `check-config` prints for a valid configuration (never a secret).
+pub fn describe(settings: &Settings) -> String {
+    let mut out = String::from("configuration OK\n");
+    out += &format!("  server.listen  {}\n", settings.server.listen);
+    out += &format!("  storage.url    {}\n", settings.storage.url);
+    out += &format!(
+        "  admin API      {}\n",
+        if settings.admin.token.is_some() {
+            "token configured"
+        } else {
+            "disabled (no admin.token)"
+        }
+    );
+    for (name, connector) in &settings.connectors {
+        let limits = connector.limits();
+        let budget = limits
+            .daily_budget
+            .map_or("no daily budget".to_string(), |b| format!("{b} calls/day"));
+        out += &format!(
+            "  connector {name}: {} at {} ({} req/s, {budget})\n",
+            connector.kind().as_str(),
+            connector.base_url(),
+            limits.requests_per_second,
+        );
+        if let ConnectorSettings::Jira(jira) = connector {
+            if jira.webhook_secret.is_none() && !jira.allow_unsigned_webhooks {
+                out += &format!(
+                    "    note: no webhook_secret, so webhooks to /webhooks/{name} are refused\n"
+                );
+            }
+        }
+    }
+    for (name, flow) in &settings.flows {
+        let mode = match &flow.mode {
+            FlowMode::Realtime => "realtime".to_string(),
+            FlowMode::Scheduled(Schedule::Every(every)) => {
+                format!("every {}", humantime::format_duration(*every))
+            }
+            FlowMode::Scheduled(Schedule::Cron { expression, .. }) => {
+                format!("cron `{expression}`")
+            }
+        };
+        out += &format!(
+            "  flow {name}: {}/{} ↔ {}/{} ({:?}, {mode}, {} field rules)\n",
+            flow.left.connector,
+            flow.left.object,
+            flow.right.connector,
+            flow.right.object,
+            flow.direction,
+            flow.fields.len()
+        );
+    }
+    out
+}

@@ -1,0 +1,272 @@
+//! The durable change journal on SQLite: what was observed, what is owed, what failed.
+//!
+//! Ingest appends through one group-committing writer ([`writer`]); workers claim due changes by
+//! lease and settle them ([`queue`]). Nothing is acknowledged to a sender before its row commits.
+
+mod model;
+mod queue;
+mod writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use model::{
+    Appended, Change, ChangeId, ChangeOp, ChangeStatus, DeadLetterId, NewChange, NewDeadLetter,
+    Origin, Watermark,
+};
+
+use crate::config::{JournalSettings, StorageSettings, Synchronous};
+
+/// The migrations in `migrations/`, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("invalid storage URL `{url}`: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the database directory {path}: {source}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the journal commit failed: {0}")]
+    CommitFailed(#[source] Arc<sqlx::Error>),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the journal writer has stopped")]
+    WriterStopped,
+    #[error("change {0} is no longer leased to this worker")]
+    LeaseLost(ChangeId),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Counters the writer keeps; `/metrics` registers the same handles.
+#[derive(Debug, Default, Clone)]
+pub struct JournalStats {
+    /// Transactions committed by the writer.
+    pub commits: Counter,
+    /// Append requests those transactions carried (requests / commits = the mean group size).
+    pub committed_requests: Counter,
+    /// Changes stored as new rows.
+    pub appended: Counter,
+    /// Changes absorbed by their dedupe key.
+    pub duplicates: Counter,
+}
+
+/// Handle to the journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    pool: SqlitePool,
+    writer: mpsc::Sender<writer::Message>,
+    stats: Arc<JournalStats>,
+    writer_task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Connection options every connection gets (PRAGMAs are per connection in SQLite).
+pub fn connect_options(storage: &StorageSettings) -> Result<SqliteConnectOptions, JournalError> {
+    let options =
+        SqliteConnectOptions::from_str(&storage.url).map_err(|source| JournalError::Url {
+            url: storage.url.clone(),
+            source,
+        })?;
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match storage.synchronous {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        })
+        .busy_timeout(storage.busy_timeout)
+        .foreign_keys(true))
+}
+
+impl Journal {
+    /// Open (creating the file and its directory if needed) and start the writer.
+    /// Does not migrate: see [`Journal::migrate`].
+    pub async fn open(
+        storage: &StorageSettings,
+        settings: &JournalSettings,
+    ) -> Result<Journal, JournalError> {
+        let options = connect_options(storage)?;
+        let file = options.get_filename();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if file != Path::new(":memory:") {
+                std::fs::create_dir_all(dir).map_err(|source| JournalError::Directory {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(storage.max_connections)
+            .connect_with(options.clone())
+            .await?;
+        let conn = sqlx::ConnectOptions::connect(&options).await?;
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let stats = Arc::new(JournalStats::default());
+        let max_batch = if settings.group_commit {
+            settings.max_batch
+        } else {
+            1
+        };
+        let task = tokio::spawn(writer::run(conn, rx, max_batch, stats.clone()));
+        Ok(Journal {
+            pool,
+            writer: tx,
+            stats,
+            writer_task: Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// Apply every migration not yet applied.
+    pub async fn migrate(&self) -> Result<(), JournalError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether every compiled-in migration has been applied successfully.
+    pub async fn migrations_current(&self) -> Result<bool, JournalError> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if exists == 0 {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR
+            .iter()
+            .all(|m| m.migration_type.is_down_migration() || applied.contains(&m.version)))
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    /// Store one change durably; returns once it is committed.
+    pub async fn append(&self, change: NewChange) -> Result<Appended, JournalError> {
+        let mut appended = self.append_all(vec![change], None).await?;
+        appended.pop().ok_or(JournalError::WriterStopped)
+    }
+
+    /// Store changes and (optionally) advance a poll watermark, atomically; returns once committed.
+    pub async fn append_all(
+        &self,
+        changes: Vec<NewChange>,
+        watermark: Option<Watermark>,
+    ) -> Result<Vec<Appended>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(writer::Message::Append(writer::Request {
+                changes,
+                watermark,
+                reply,
+            }))
+            .await
+            .map_err(|_| JournalError::WriterStopped)?;
+        answer.await.map_err(|_| JournalError::WriterStopped)?
+    }
+
+    /// The watermark a poller left, if any.
+    pub async fn watermark(
+        &self,
+        connector: &str,
+        object: &str,
+        scope: &str,
+    ) -> Result<Option<Watermark>, JournalError> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT position, last_record_id FROM watermarks
+              WHERE connector = ? AND object = ? AND scope = ?",
+        )
+        .bind(connector)
+        .bind(object)
+        .bind(scope)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(position, last_record_id)| Watermark {
+            connector: connector.to_string(),
+            object: object.to_string(),
+            scope: scope.to_string(),
+            position,
+            last_record_id,
+        }))
+    }
+
+    /// Number of changes in each status (every status present, zero included).
+    pub async fn depth_by_status(&self) -> Result<Vec<(ChangeStatus, i64)>, JournalError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM changes GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        ChangeStatus::ALL
+            .iter()
+            .map(|status| {
+                let count = rows
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                Ok((*status, count))
+            })
+            .collect()
+    }
+
+    /// When the oldest change still owed (pending or in flight) was received, epoch ms.
+    pub async fn oldest_unsettled_received_at(&self) -> Result<Option<i64>, JournalError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(received_at) FROM changes WHERE status IN ('pending', 'in_flight')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Stop the writer after it has committed everything queued, then close every connection.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.writer.send(writer::Message::Stop(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+        let task = self.writer_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.pool.close().await;
+    }
+}
+
+/// Now, in Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

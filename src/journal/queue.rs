@@ -1,0 +1,188 @@
+//! Claiming and settling changes: the work queue side of the journal.
+//!
+//! SQLite has no `SKIP LOCKED`; a claim is one atomic `UPDATE … WHERE id IN (SELECT …) RETURNING`,
+//! and every settle is conditional on the lease (`WHERE id = ? AND lease_owner = ?`): zero rows
+//! means the lease expired and another worker owns the change now.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::model::{Change, ChangeId, DeadLetterId, NewDeadLetter};
+use super::{ms, now_ms, Journal, JournalError};
+
+impl Journal {
+    /// Lease up to `limit` due changes to `owner` for `lease`.
+    ///
+    /// Due: pending with `next_attempt_at` reached, or in flight under an expired lease (its
+    /// worker died). Changes to one record come out one at a time and in order: a change is not
+    /// claimable while an earlier change to the same record is unsettled.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Change>, JournalError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE changes
+                SET status = 'in_flight', lease_owner = ?1, lease_expires_at = ?2,
+                    attempts = attempts + 1, updated_at = ?3
+              WHERE id IN (
+                    SELECT c.id FROM changes c
+                     WHERE ((c.status = 'pending' AND c.next_attempt_at <= ?3)
+                         OR (c.status = 'in_flight' AND c.lease_expires_at <= ?3))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM changes e
+                            WHERE e.connector = c.connector AND e.object = c.object
+                              AND e.record_id = c.record_id AND e.id < c.id
+                              AND e.status IN ('pending', 'in_flight'))
+                     ORDER BY c.id
+                     LIMIT ?4)
+          RETURNING id, connector, object, record_id, op, snapshot, source_modified_at, origin,
+                    received_at, dedupe_key, attempts, lease_expires_at",
+        )
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        let mut changes = rows
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING order is unspecified.
+        changes.sort_by_key(|c| c.id);
+        Ok(changes)
+    }
+
+    /// Settle a claimed change as done with `outcome` (written, echo, stale, ...).
+    pub async fn complete(
+        &self,
+        id: ChangeId,
+        owner: &str,
+        outcome: &str,
+    ) -> Result<(), JournalError> {
+        let done = sqlx::query(
+            "UPDATE changes
+                SET status = 'done', outcome = ?, lease_owner = NULL, lease_expires_at = NULL,
+                    last_error = NULL, updated_at = ?
+              WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+        )
+        .bind(outcome)
+        .bind(now_ms())
+        .bind(id.0)
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        lease_held(id, done.rows_affected())
+    }
+
+    /// Put a claimed change back to wait `delay` before its next attempt.
+    pub async fn retry_later(
+        &self,
+        id: ChangeId,
+        owner: &str,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), JournalError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE changes
+                SET status = 'pending', next_attempt_at = ?, last_error = ?,
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+              WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+        )
+        .bind(now + ms(delay))
+        .bind(error)
+        .bind(now)
+        .bind(id.0)
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        lease_held(id, done.rows_affected())
+    }
+
+    /// Settle a claimed change as dead and record why, in one transaction.
+    pub async fn dead_letter(
+        &self,
+        id: ChangeId,
+        owner: &str,
+        letter: NewDeadLetter,
+    ) -> Result<DeadLetterId, JournalError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE changes
+                SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL,
+                    last_error = ?, updated_at = ?
+              WHERE id = ? AND status = 'in_flight' AND lease_owner = ?
+          RETURNING attempts",
+        )
+        .bind(
+            letter
+                .vendor_message
+                .as_deref()
+                .unwrap_or(&letter.operation),
+        )
+        .bind(now)
+        .bind(id.0)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(attempts) = attempts else {
+            return Err(JournalError::LeaseLost(id));
+        };
+        let letter_id: i64 = sqlx::query_scalar(
+            "INSERT INTO dead_letters (change_id, flow, connector, operation, payload, http_status,
+                                       vendor_code, vendor_message, attempts, first_failed_at,
+                                       last_failed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             RETURNING id",
+        )
+        .bind(id.0)
+        .bind(&letter.flow)
+        .bind(&letter.connector)
+        .bind(&letter.operation)
+        .bind(letter.payload.to_string())
+        .bind(letter.http_status.map(i64::from))
+        .bind(&letter.vendor_code)
+        .bind(&letter.vendor_message)
+        .bind(attempts)
+        .bind(letter.first_failed_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DeadLetterId(letter_id))
+    }
+}
+
+fn lease_held(id: ChangeId, rows: u64) -> Result<(), JournalError> {
+    if rows == 0 {
+        Err(JournalError::LeaseLost(id))
+    } else {
+        Ok(())
+    }
+}
+
+fn change_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Change, JournalError> {
+    let text = |name: &str| -> Result<String, JournalError> { Ok(row.try_get(name)?) };
+    let snapshot = text("snapshot")?;
+    Ok(Change {
+        id: ChangeId(row.try_get("id")?),
+        connector: text("connector")?,
+        object: text("object")?,
+        record_id: text("record_id")?,
+        op: text("op")?.parse().map_err(JournalError::Corrupt)?,
+        snapshot: serde_json::from_str(&snapshot)
+            .map_err(|e| JournalError::Corrupt(format!("snapshot is not JSON: {e}")))?,
+        source_modified_at: row.try_get("source_modified_at")?,
+        origin: text("origin")?.parse().map_err(JournalError::Corrupt)?,
+        received_at: row.try_get("received_at")?,
+        dedupe_key: text("dedupe_key")?,
+        attempts: row.try_get("attempts")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+    })
+}

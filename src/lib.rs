@@ -1,0 +1,11 @@
+//! Tandem: a self-hosted bidirectional record sync daemon (Jira Cloud ↔ Salesforce).
+//!
+//! See `ARCHITECTURE.md` for the data flow, the module map and where each invariant is enforced.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod journal;
+pub mod metrics;
+pub mod telemetry;
