@@ -53,11 +53,15 @@ impl fmt::Debug for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let reference = Reference::deserialize(d).map_err(|e| {
-            D::Error::custom(format!(
-                "{e}; a secret is written as {{ env = \"VAR\" }} or {{ file = \"/path\" }}, never inline"
-            ))
-        })?;
+        const FORM: &str =
+            "a secret is written as { env = \"VAR\" } or { file = \"/path\" }, never inline";
+        // Not a table means the secret itself was written here: say so without echoing it.
+        let value = serde_json::Value::deserialize(d)?;
+        if !value.is_object() {
+            return Err(D::Error::custom(FORM));
+        }
+        let reference =
+            Reference::deserialize(value).map_err(|e| D::Error::custom(format!("{e}; {FORM}")))?;
         let (source, raw) = match reference {
             Reference {
                 env: Some(name),
