@@ -172,12 +172,12 @@ pub fn describe(settings: &Settings) -> String {
             }
         };
         out += &format!(
-            "  flow {name}: {}/{} ↔ {}/{} ({:?}, {mode}, {} field rules)\n",
+            "  flow {name}: {}/{} ↔ {}/{} ({}, {mode}, {} field rules)\n",
             flow.left.connector,
             flow.left.object,
             flow.right.connector,
             flow.right.object,
-            flow.direction,
+            flow.direction.as_str(),
             flow.fields.len()
         );
     }

@@ -375,3 +375,45 @@ async fn the_database_runs_in_wal_mode_with_full_sync() {
     assert_eq!((mode.as_str(), sync), ("wal", 2));
     journal.close().await;
 }
+
+#[tokio::test]
+async fn a_request_that_fails_inside_a_group_does_not_fail_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(&dir, "").await;
+    // Stand-in for any per-row failure the database can raise.
+    sqlx::query(
+        "CREATE TRIGGER reject_poison BEFORE INSERT ON changes WHEN NEW.record_id = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+    )
+    .execute(journal.pool())
+    .await
+    .unwrap();
+
+    let tasks: Vec<_> = (0..64)
+        .map(|n| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                let record = if n == 31 {
+                    "poison".to_string()
+                } else {
+                    format!("r{n}")
+                };
+                journal.append(change(&record, &format!("k{n}"))).await
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (n, task) in tasks.into_iter().enumerate() {
+        if let Err(error) = task.await.unwrap() {
+            assert!(matches!(error, JournalError::CommitFailed(_)), "{error}");
+            failed.push(n);
+        }
+    }
+    assert_eq!(failed, vec![31]);
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes")
+        .fetch_one(journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 63);
+    journal.close().await;
+}

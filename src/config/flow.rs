@@ -78,6 +78,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::LeftToRight => "left_to_right",
+            Direction::RightToLeft => "right_to_left",
+        }
+    }
+
     pub fn writes_right(self) -> bool {
         matches!(self, Direction::Both | Direction::LeftToRight)
     }
@@ -258,8 +267,9 @@ impl FlowSettings {
                 problems.push((
                     at("direction"),
                     format!(
-                        "{direction:?} is wider than the flow's direction {:?}",
-                        self.direction
+                        "`{}` is wider than the flow's direction `{}`",
+                        direction.as_str(),
+                        self.direction.as_str()
                     ),
                 ));
             }

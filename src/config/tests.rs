@@ -259,7 +259,7 @@ fn a_field_rule_cannot_widen_the_flow_direction() {
     let found = problems(&config);
     assert_eq!(
         found,
-        vec!["flows.support.fields[0].direction: RightToLeft is wider than the flow's direction LeftToRight"]
+        vec!["flows.support.fields[0].direction: `right_to_left` is wider than the flow's direction `left_to_right`"]
     );
 }
 
