@@ -32,14 +32,6 @@ impl Secret {
     pub fn expose(&self) -> &str {
         self.value.expose_secret()
     }
-
-    /// A secret given directly, for tests and the demo's generated credentials.
-    pub fn literal(value: impl Into<String>) -> Secret {
-        Secret {
-            source: Source::Env("<literal>".into()),
-            value: SecretString::from(value.into()),
-        }
-    }
 }
 
 impl fmt::Debug for Secret {
