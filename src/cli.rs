@@ -36,11 +36,25 @@ pub enum Command {
     Migrate,
     /// Load and validate the configuration; explain every mistake; non-zero exit if any.
     CheckConfig,
+    /// Run one vendor emulator on its own, until SIGTERM or Ctrl-C.
+    Sim {
+        #[command(subcommand)]
+        vendor: SimVendor,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimVendor {
+    /// Jira Cloud: REST v2/v3, JQL search, transitions, comments, signed webhooks.
+    Jira(Box<crate::sim::jira::Options>),
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 invalid configuration.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sim { vendor } = cli.command {
+        return run_sim(vendor, cli.log_format.unwrap_or(LogFormat::Pretty));
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -68,7 +82,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
-            Command::CheckConfig => unreachable!("handled before the runtime starts"),
+            Command::CheckConfig | Command::Sim { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {
@@ -76,6 +92,31 @@ pub fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "tandem failed");
             eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_sim(vendor: SimVendor, format: LogFormat) -> ExitCode {
+    crate::telemetry::init(format, "info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match vendor {
+            SimVendor::Jira(options) => crate::sim::jira::serve(*options, shutdown).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: the emulator failed: {error}");
             ExitCode::FAILURE
         }
     }

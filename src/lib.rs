@@ -2,10 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` for the data flow, the module map and where each invariant is enforced.
 
+pub mod adf;
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod journal;
 pub mod metrics;
+pub mod sim;
 pub mod telemetry;
