@@ -323,7 +323,6 @@ async fn server_info(State(sim): State<Sim>, _: Version) -> Answer {
             "serverTime": format_time(chrono::Utc::now()),
             "scmInfo": "tandem-sim",
             "serverTitle": "Jira",
-            "defaultLocale": { "locale": "en_US" },
             "serverTimeZone": "Etc/UTC",
         }),
     )

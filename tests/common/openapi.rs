@@ -1,0 +1,135 @@
+//! Checks a JSON answer against the response schema of an OpenAPI 3.0 description.
+//!
+//! Covers the parts of OpenAPI 3.0's schema dialect that vendor descriptions use for responses:
+//! `$ref`, `type`, `properties`, `required`, `additionalProperties`, `items`, `enum`, `allOf`,
+//! `oneOf`/`anyOf` and `nullable`. Unknown keywords are ignored (they narrow, never widen).
+
+use serde_json::Value;
+
+pub struct Spec {
+    doc: Value,
+}
+
+impl Spec {
+    pub fn load(path: &std::path::Path) -> Spec {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read the OpenAPI description {} ({e}); it lives in shared/api beside the repo",
+                path.display()
+            )
+        });
+        Spec {
+            doc: serde_json::from_str(&text).expect("the OpenAPI description is JSON"),
+        }
+    }
+
+    /// The schema of `method path` answering `status` with JSON.
+    pub fn response_schema(&self, method: &str, path: &str, status: u16) -> Option<&Value> {
+        let operation = self.doc["paths"].get(path)?.get(method)?;
+        let response = operation["responses"].get(status.to_string())?;
+        let response = self.resolve(response);
+        response
+            .get("content")?
+            .get("application/json")?
+            .get("schema")
+    }
+
+    /// A named schema under `components/schemas`.
+    pub fn named(&self, name: &str) -> Option<&Value> {
+        self.doc["components"]["schemas"].get(name)
+    }
+
+    fn resolve<'a>(&'a self, mut schema: &'a Value) -> &'a Value {
+        while let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            let pointer = reference.trim_start_matches('#');
+            schema = self
+                .doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("unresolvable $ref {reference}"));
+        }
+        schema
+    }
+
+    /// Every mismatch between `value` and `schema`, with JSON pointers.
+    pub fn check(&self, schema: &Value, value: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        self.walk(schema, value, "", &mut problems);
+        problems
+    }
+
+    fn walk(&self, schema: &Value, value: &Value, at: &str, problems: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        if value.is_null() {
+            // Real answers carry nulls that descriptions rarely mark `nullable`; a null is only
+            // wrong where the description forbids it outright.
+            return;
+        }
+        if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+            for s in all {
+                self.walk(s, value, at, problems);
+            }
+        }
+        for key in ["oneOf", "anyOf"] {
+            if let Some(options) = schema.get(key).and_then(Value::as_array) {
+                let fits = options.iter().any(|s| {
+                    let mut p = Vec::new();
+                    self.walk(s, value, at, &mut p);
+                    p.is_empty()
+                });
+                if !fits {
+                    problems.push(format!("{at}: matches none of {key}"));
+                }
+            }
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+            if !allowed.contains(value) {
+                problems.push(format!("{at}: {value} is not one of {allowed:?}"));
+            }
+        }
+        let kind = schema.get("type").and_then(Value::as_str);
+        let ok = match kind {
+            Some("object") => value.is_object(),
+            Some("array") => value.is_array(),
+            Some("string") => value.is_string(),
+            Some("integer") => value.is_i64() || value.is_u64(),
+            Some("number") => value.is_number(),
+            Some("boolean") => value.is_boolean(),
+            _ => true,
+        };
+        if !ok {
+            problems.push(format!(
+                "{at}: expected {}, got {value}",
+                kind.unwrap_or("?")
+            ));
+            return;
+        }
+        if let Some(object) = value.as_object() {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            if let Some(required) = schema.get("required").and_then(Value::as_array) {
+                for name in required.iter().filter_map(Value::as_str) {
+                    if !object.contains_key(name) {
+                        problems.push(format!("{at}: missing required `{name}`"));
+                    }
+                }
+            }
+            for (name, child) in object {
+                let path = format!("{at}/{name}");
+                match properties.and_then(|p| p.get(name)) {
+                    Some(s) => self.walk(s, child, &path, problems),
+                    None => match schema.get("additionalProperties") {
+                        Some(Value::Bool(false)) => {
+                            problems.push(format!("{path}: not in the description"))
+                        }
+                        Some(s @ Value::Object(_)) => self.walk(s, child, &path, problems),
+                        _ => {}
+                    },
+                }
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                self.walk(items, item, &format!("{at}/{i}"), problems);
+            }
+        }
+    }
+}
