@@ -225,3 +225,47 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Start `tandem sim VENDOR` standalone, wait until `probe` answers 2xx/4xx, then SIGTERM it.
+fn standalone_emulator_answers_and_stops(vendor: &str, probe: &str) {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["sim", vendor, "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}{probe}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match reqwest::get(&url).await {
+                Ok(r) => break r.status().as_u16(),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{vendor} emulator did not come up: {e}"),
+            }
+        }
+    });
+    assert!(status < 500, "{vendor}: {probe} answered {status}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            assert!(exit.success(), "{vendor} emulator exit: {exit:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{vendor} emulator ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_jira_emulator_runs_standalone() {
+    standalone_emulator_answers_and_stops("jira", "/rest/api/3/serverInfo");
+}
