@@ -1342,3 +1342,75 @@ async fn every_v3_answer_conforms_to_the_published_openapi_description() {
         failures.join("\n")
     );
 }
+
+#[tokio::test]
+async fn a_seed_file_adds_projects_fields_accounts_and_replaces_the_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.json");
+    std::fs::write(
+        &seed,
+        json!({
+            "projects": [{"key": "OPS", "name": "Operations"}],
+            "custom_fields": [{"id": "customfield_10100", "name": "Case Number", "type": "string"}],
+            "accounts": [{"email": "ann@example.com", "display_name": "Ann", "api_token": "ann-token"}],
+            "workflow": {
+                "statuses": [{"name": "Open", "category": "new"}, {"name": "Closed", "category": "done"}],
+                "transitions": [{"name": "Close", "from": ["Open"], "to": "Closed"},
+                                {"name": "Reopen", "from": ["Closed"], "to": "Open"}]
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let site = Site::with(Options {
+        no_seed: true,
+        seed_file: Some(seed),
+        ..Options::default()
+    })
+    .await;
+    let (status, _) = body(site.get("/rest/api/3/project/SUP").send().await.unwrap()).await;
+    assert_eq!(status, 404, "--no-seed leaves out the default project");
+    let created = site
+        .http
+        .post(site.url("/rest/api/3/issue"))
+        .basic_auth("ann@example.com", Some("ann-token"))
+        .json(&json!({"fields": {"project": {"key": "OPS"}, "issuetype": {"name": "Bug"}, "summary": "s", "customfield_10100": "00001001"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (_, issue) = body(site.get("/rest/api/3/issue/OPS-1").send().await.unwrap()).await;
+    assert_eq!(issue["fields"]["status"]["name"], "Open");
+    assert_eq!(issue["fields"]["reporter"]["displayName"], "Ann");
+    let (_, t) = body(
+        site.get("/rest/api/3/issue/OPS-1/transitions")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(t["transitions"][0]["name"], "Close");
+    assert_eq!(t["transitions"][0]["to"]["statusCategory"]["key"], "done");
+}
+
+#[tokio::test]
+async fn an_inconsistent_seed_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.json");
+    std::fs::write(
+        &seed,
+        r#"{"workflow":{"statuses":[{"name":"Open","category":"new"}],"transitions":[{"name":"x","from":["Open"],"to":"Gone"}]}}"#,
+    )
+    .unwrap();
+    let error = JiraSim::start(Options {
+        seed_file: Some(seed),
+        ..Options::default()
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        error.to_string().contains("unknown status `Gone`"),
+        "{error}"
+    );
+}

@@ -102,7 +102,9 @@ impl JiraSim {
             store.seed_default();
         }
         if let Some(seed) = &seed {
-            store.apply_seed(seed);
+            store
+                .apply_seed(seed)
+                .map_err(|e| std::io::Error::other(format!("seed file: {e}")))?;
         }
         let api_account = store.accounts[0].account_id.clone();
         for token in &options.oauth_tokens {

@@ -259,6 +259,34 @@ pub struct SeedFile {
     pub custom_fields: Vec<SeedField>,
     #[serde(default)]
     pub accounts: Vec<SeedAccount>,
+    /// Replaces the default workflow.
+    #[serde(default)]
+    pub workflow: Option<SeedWorkflow>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedWorkflow {
+    /// The first is the status new issues start in.
+    pub statuses: Vec<SeedStatus>,
+    pub transitions: Vec<SeedTransition>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedStatus {
+    pub name: String,
+    /// `new`, `indeterminate` or `done`.
+    pub category: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedTransition {
+    pub name: String,
+    /// Status names it is available from.
+    pub from: Vec<String>,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,7 +414,11 @@ impl Store {
         );
     }
 
-    pub fn apply_seed(&mut self, seed: &SeedFile) {
+    /// Apply a seed file; an inconsistent workflow is refused with the reason.
+    pub fn apply_seed(&mut self, seed: &SeedFile) -> Result<(), String> {
+        if let Some(workflow) = &seed.workflow {
+            self.replace_workflow(workflow)?;
+        }
         for p in &seed.projects {
             self.add_project(&p.key, &p.name);
         }
@@ -402,6 +434,52 @@ impl Store {
                 time_zone: "UTC".into(),
             });
         }
+        Ok(())
+    }
+
+    fn replace_workflow(&mut self, workflow: &SeedWorkflow) -> Result<(), String> {
+        if workflow.statuses.is_empty() {
+            return Err("a workflow needs at least one status".into());
+        }
+        let mut statuses = Vec::new();
+        for (i, s) in workflow.statuses.iter().enumerate() {
+            let category = match s.category.as_str() {
+                "new" => Category::New,
+                "indeterminate" => Category::Indeterminate,
+                "done" => Category::Done,
+                other => return Err(format!("status `{}`: unknown category `{other}`", s.name)),
+            };
+            // The first status keeps the id new issues start with.
+            let id = if i == 0 {
+                DEFAULT_STATUS.to_string()
+            } else {
+                (20000 + i).to_string()
+            };
+            statuses.push(Status {
+                id,
+                name: s.name.clone(),
+                category,
+            });
+        }
+        let id_of = |name: &str| {
+            statuses
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id.clone())
+                .ok_or_else(|| format!("transition refers to unknown status `{name}`"))
+        };
+        let mut transitions = Vec::new();
+        for (i, t) in workflow.transitions.iter().enumerate() {
+            transitions.push(Transition {
+                id: (101 + 10 * i).to_string(),
+                name: t.name.clone(),
+                from: t.from.iter().map(|f| id_of(f)).collect::<Result<_, _>>()?,
+                to: id_of(&t.to)?,
+            });
+        }
+        self.statuses = statuses;
+        self.transitions = transitions;
+        Ok(())
     }
 
     pub fn add_project(&mut self, key: &str, name: &str) {
@@ -569,7 +647,7 @@ impl Store {
         let mut edits = fields.clone();
         edits.remove("project");
         edits.remove("issuetype");
-        self.apply_fields(api, &mut issue, &edits, body.get("update"), true)?;
+        self.apply_fields(api, &mut issue, &edits, body.get("update"))?;
         if issue.summary.trim().is_empty() {
             return Err(JiraError::field(
                 "summary",
@@ -624,7 +702,7 @@ impl Store {
             }
         }
         let before = issue.clone();
-        self.apply_fields(api, &mut issue, fields, body.get("update"), false)?;
+        self.apply_fields(api, &mut issue, fields, body.get("update"))?;
         if issue.summary.trim().is_empty() {
             return Err(JiraError::field(
                 "summary",
@@ -730,7 +808,7 @@ impl Store {
             .unwrap_or_default();
         // The Done screen takes a resolution; nothing else is on a transition screen here.
         let resolution = fields.remove("resolution");
-        self.apply_fields(api, &mut issue, &fields, body.get("update"), false)?;
+        self.apply_fields(api, &mut issue, &fields, body.get("update"))?;
         issue.status_id = transition.to.clone();
         let done = self
             .status(&transition.to)
@@ -838,7 +916,6 @@ impl Store {
         issue: &mut Issue,
         fields: &Map<String, Value>,
         update: Option<&Value>,
-        creating: bool,
     ) -> Result<(), JiraError> {
         for (name, value) in fields {
             self.set_field(api, issue, name, value)?;
@@ -882,7 +959,6 @@ impl Store {
                 }
             }
         }
-        let _ = creating;
         Ok(())
     }
 
