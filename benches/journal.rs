@@ -120,7 +120,6 @@ async fn run(dir: &std::path::Path, case: Case) -> Measured {
         group_commit: case.group_commit,
         max_batch: 1024,
         queue_capacity: 8192,
-        lease: Duration::from_secs(60),
     };
     let journal = Journal::open(&storage, &settings).await.unwrap();
     journal.migrate().await.unwrap();

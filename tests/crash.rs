@@ -113,7 +113,6 @@ fn run_child(db: &str) {
             group_commit: true,
             max_batch: 1024,
             queue_capacity: 8192,
-            lease: Duration::from_secs(60),
         };
         let journal = Journal::open(&storage, &settings).await.unwrap();
         journal.migrate().await.unwrap();

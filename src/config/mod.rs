@@ -96,9 +96,6 @@ pub struct JournalSettings {
     pub max_batch: usize,
     /// Insert requests that may wait for the writer before callers are pushed back. Default 8192.
     pub queue_capacity: usize,
-    /// How long a claimed change stays reserved for its worker. Default `60s`.
-    #[serde(with = "types::duration")]
-    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
