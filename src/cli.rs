@@ -47,6 +47,8 @@ pub enum Command {
 pub enum SimVendor {
     /// Jira Cloud: REST v2/v3, JQL search, transitions, comments, signed webhooks.
     Jira(Box<crate::sim::jira::Options>),
+    /// Salesforce: OAuth, sObjects, SOQL, composite, limits, Outbound Messages, change events.
+    Salesforce(Box<crate::sim::salesforce::Options>),
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 invalid configuration.
@@ -111,6 +113,9 @@ fn run_sim(vendor: SimVendor, format: LogFormat) -> ExitCode {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         match vendor {
             SimVendor::Jira(options) => crate::sim::jira::serve(*options, shutdown).await,
+            SimVendor::Salesforce(options) => {
+                crate::sim::salesforce::serve(*options, shutdown).await
+            }
         }
     });
     match result {

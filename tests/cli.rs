@@ -260,7 +260,10 @@ fn standalone_emulator_answers_and_stops(vendor: &str, probe: &str) {
             assert!(exit.success(), "{vendor} emulator exit: {exit:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "{vendor} emulator ignored SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "{vendor} emulator ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -268,4 +271,9 @@ fn standalone_emulator_answers_and_stops(vendor: &str, probe: &str) {
 #[test]
 fn the_jira_emulator_runs_standalone() {
     standalone_emulator_answers_and_stops("jira", "/rest/api/3/serverInfo");
+}
+
+#[test]
+fn the_salesforce_emulator_runs_standalone() {
+    standalone_emulator_answers_and_stops("salesforce", "/services/data/");
 }

@@ -726,10 +726,13 @@ async fn bad_jql_is_a_400_in_jiras_shape_never_a_wrong_answer() {
     assert_eq!(status, 400);
 }
 
+/// Requests a receiver saw: headers and raw body.
+type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
 /// A webhook receiver: records every request, answers from a script (then 200).
 #[derive(Clone, Default)]
 struct Receiver {
-    seen: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>,
+    seen: Seen,
     script: Arc<Mutex<Vec<u16>>>,
 }
 
