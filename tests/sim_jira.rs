@@ -1417,3 +1417,37 @@ async fn an_inconsistent_seed_file_refuses_to_start() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn faults_can_be_set_at_start_and_invalid_ones_are_refused() {
+    let faults = tandem::sim::control::Faults {
+        rate_limit_rate: 1.0,
+        retry_after_secs: 3,
+        ..Default::default()
+    };
+    let site = Site::with(Options {
+        faults,
+        ..Options::default()
+    })
+    .await;
+    let storm = site.get("/rest/api/3/myself").send().await.unwrap();
+    assert_eq!(storm.status(), 429);
+    assert_eq!(storm.headers()["retry-after"], "3");
+    let invalid = tandem::sim::control::Faults {
+        hang_rate: 1.5,
+        ..Default::default()
+    };
+    let error = JiraSim::start(Options {
+        faults: invalid,
+        ..Options::default()
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("hang_rate must be between 0 and 1"),
+        "{error}"
+    );
+}

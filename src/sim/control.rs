@@ -18,20 +18,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Faults to inject. Rates are shares of requests in `[0, 1]`, drawn independently per request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Settable at start (`--fault-*` flags of `tandem sim …`) and at run time (`PUT /__sim/faults`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// Added before every answer.
+    /// Latency added before every answer, milliseconds.
+    #[arg(long = "fault-latency-ms", default_value_t = 0)]
     pub latency_ms: u64,
-    /// Share answered 500 or 503 (half each).
+    /// Share of calls answered 500 or 503 (half each).
+    #[arg(long = "fault-error-rate", default_value_t = 0.0)]
     pub error_rate: f64,
-    /// Share answered as rate-limited (a storm at 1.0).
+    /// Share of calls answered as rate-limited (a storm at 1.0).
+    #[arg(long = "fault-rate-limit-rate", default_value_t = 0.0)]
     pub rate_limit_rate: f64,
     /// `Retry-After` on injected Jira 429s, seconds.
+    #[arg(long = "fault-retry-after-secs", default_value_t = 1)]
     pub retry_after_secs: u64,
-    /// Share that never answer: the client's timeout is what ends them.
+    /// Share of calls never answered: the client's timeout is what ends them.
+    #[arg(long = "fault-hang-rate", default_value_t = 0.0)]
     pub hang_rate: f64,
-    /// Outgoing webhooks are dropped instead of delivered.
+    /// Drop outgoing webhooks and notifications instead of delivering them.
+    #[arg(long = "fault-drop-webhooks")]
     pub drop_webhooks: bool,
 }
 
@@ -49,7 +56,7 @@ impl Default for Faults {
 }
 
 impl Faults {
-    fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         for (name, rate) in [
             ("error_rate", self.error_rate),
             ("rate_limit_rate", self.rate_limit_rate),

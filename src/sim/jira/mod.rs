@@ -59,6 +59,8 @@ pub struct Options {
     /// waits 5–15 minutes; the default is short so retries are visible in tests and the demo.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub webhook_retry_delay: Duration,
+    #[command(flatten)]
+    pub faults: Faults,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             webhooks: Vec::new(),
             webhook_secret: None,
             webhook_retry_delay: Duration::from_secs(1),
+            faults: Faults::default(),
         }
     }
 }
@@ -121,7 +124,11 @@ impl JiraSim {
                 options.webhook_secret.clone(),
             );
         }
-        let control = Control::new(Vendor::Jira, Faults::default());
+        options
+            .faults
+            .validate()
+            .map_err(|e| std::io::Error::other(format!("invalid fault settings: {e}")))?;
+        let control = Control::new(Vendor::Jira, options.faults.clone());
         // Jira: up to 5 retries.
         let delays = (0..5)
             .map(|i| options.webhook_retry_delay * 2u32.pow(i))

@@ -99,21 +99,8 @@ pub struct Options {
     /// Re-sends before a notification is given up.
     #[arg(long, default_value_t = 10)]
     pub notify_retries: usize,
-    /// Latency added to every answer, milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub fault_latency_ms: u64,
-    /// Share of calls answered 500/503.
-    #[arg(long, default_value_t = 0.0)]
-    pub fault_error_rate: f64,
-    /// Share of calls answered REQUEST_LIMIT_EXCEEDED.
-    #[arg(long, default_value_t = 0.0)]
-    pub fault_rate_limit_rate: f64,
-    /// Share of calls never answered.
-    #[arg(long, default_value_t = 0.0)]
-    pub fault_hang_rate: f64,
-    /// Drop notifications instead of sending them.
-    #[arg(long)]
-    pub fault_drop_webhooks: bool,
+    #[command(flatten)]
+    pub faults: Faults,
 }
 
 impl Default for Options {
@@ -131,11 +118,7 @@ impl Default for Options {
             seed_file: None,
             notify_retry_delay: Duration::from_millis(100).into(),
             notify_retries: 10,
-            fault_latency_ms: 0,
-            fault_error_rate: 0.0,
-            fault_rate_limit_rate: 0.0,
-            fault_hang_rate: 0.0,
-            fault_drop_webhooks: false,
+            faults: Faults::default(),
         }
     }
 }
@@ -455,16 +438,8 @@ fn build(options: &Options) -> Result<Arc<Shared>, StartError> {
         }
         None => None,
     };
-    let faults = Faults {
-        latency_ms: options.fault_latency_ms,
-        error_rate: options.fault_error_rate,
-        rate_limit_rate: options.fault_rate_limit_rate,
-        hang_rate: options.fault_hang_rate,
-        drop_webhooks: options.fault_drop_webhooks,
-        ..Faults::default()
-    };
-    let control = Control::new(Vendor::Salesforce, Faults::default());
-    control.set_faults(faults).map_err(StartError::Faults)?;
+    options.faults.validate().map_err(StartError::Faults)?;
+    let control = Control::new(Vendor::Salesforce, options.faults.clone());
     let delays = notify::retry_delays(options.notify_retry_delay.into(), options.notify_retries);
     let soap = Outbox::new(
         control.clone(),
