@@ -10,7 +10,7 @@ use crate::app::Application;
 use crate::config::{ConnectorSettings, FlowMode, LogFormat, Schedule, Settings};
 use crate::journal::Journal;
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "tandem",
     version,
@@ -28,7 +28,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run the daemon: HTTP server and workers, until SIGTERM or Ctrl-C.
     Serve,
@@ -43,7 +43,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum SimVendor {
     /// Jira Cloud: REST v2/v3, JQL search, transitions, comments, signed webhooks.
     Jira(Box<crate::sim::jira::Options>),

@@ -121,7 +121,18 @@ async fn basic_auth_bearer_tokens_and_anonymous_callers_are_told_apart() {
             "Client must be authenticated to access this resource."
         );
     }
-    // Search answers anonymous callers with an empty page, not a 401: clients must check /myself.
+    // Wrong credentials on search are still a 401 …
+    let (status, _) = body(
+        site.http
+            .get(site.url("/rest/api/3/search/jql?jql=project%3DSUP"))
+            .basic_auth("sim@example.com", Some("revoked"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // … but search answers anonymous callers with an empty page: clients must check /myself.
     let (status, page) = body(
         site.http
             .get(site.url("/rest/api/3/search/jql?jql=project%3DSUP"))
@@ -278,7 +289,12 @@ async fn create_and_edit_validate_like_jira() {
     .await;
     assert_eq!(status, 400);
 
-    site.create("a").await;
+    // A project can be named by id, key or name.
+    let by_name = post(json!({"project": {"name": "Support"}, "issuetype": {"name": "Task"}, "summary": "by name"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), 201);
     // Status is not a field: a direct edit is refused as Jira refuses it.
     let (status, error) = body(
         site.send(

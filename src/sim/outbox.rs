@@ -6,7 +6,7 @@
 //! retry until the answer carries the `Ack`). Schedules are shortened by default so that tests
 //! and the demo see retries in seconds, not the minutes and hours the real services wait.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +67,6 @@ pub struct Outbox {
     client: reqwest::Client,
     control: Arc<Control>,
     policy: RetryPolicy,
-    next_id: AtomicU64,
     records: Mutex<Vec<DeliveryRecord>>,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -82,7 +81,6 @@ impl Outbox {
                 .expect("a plain HTTP client builds"),
             control,
             policy,
-            next_id: AtomicU64::new(1),
             records: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -100,12 +98,12 @@ impl Outbox {
     }
 
     fn queue(self: &Arc<Self>, delivery: Delivery, retry_header: Option<&'static str>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dropped = self.control.faults().drop_webhooks;
-        self.records
-            .lock()
-            .expect("outbox lock")
-            .push(DeliveryRecord {
+        let id = {
+            // The id is taken under the same lock as the push, so it is always the index + 1.
+            let mut records = self.records.lock().expect("outbox lock");
+            let id = records.len() as u64 + 1;
+            records.push(DeliveryRecord {
                 id,
                 url: delivery.url.clone(),
                 attempts: 0,
@@ -116,6 +114,8 @@ impl Outbox {
                 },
                 last_http_status: None,
             });
+            id
+        };
         if dropped {
             return;
         }
@@ -172,7 +172,10 @@ impl Outbox {
 
     fn update(&self, id: u64, f: impl FnOnce(&mut DeliveryRecord)) {
         let mut records = self.records.lock().expect("outbox lock");
-        if let Some(record) = records.iter_mut().find(|r| r.id == id) {
+        // Records are never removed and ids are their position + 1 (see `queue`).
+        let at = usize::try_from(id.saturating_sub(1)).unwrap_or(usize::MAX);
+        if let Some(record) = records.get_mut(at) {
+            debug_assert_eq!(record.id, id);
             f(record);
         }
     }

@@ -612,7 +612,7 @@ fn validate(expr: &Expr, store: &Store, now: DateTime<Utc>) -> Result<(), JiraEr
                     {
                         return Err(missing("issuetype", v))
                     }
-                    Field::Key if store.resolve(v).is_none() && v.contains('-') => {
+                    Field::Key | Field::Id if store.resolve(v).is_none() && v.contains('-') => {
                         return Err(JiraError::new(
                             400,
                             format!("An issue with key '{v}' does not exist for field 'key'."),
@@ -673,12 +673,9 @@ fn parse_date(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
             return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
         }
     }
-    relative(text).map(|offset| {
-        // Relative dates are minute-precise too.
-        let t = now + offset;
-        t - Duration::seconds(i64::from(chrono::Timelike::second(&t)))
-            - Duration::nanoseconds(i64::from(chrono::Timelike::nanosecond(&t)))
-    })
+    // Relative dates are minute-precise too. Out-of-range periods are invalid, not a panic.
+    let t = now.checked_add_signed(relative(text)?)?;
+    chrono::DurationRound::duration_trunc(t, Duration::minutes(1)).ok()
 }
 
 /// `-15m`, `-1d`, `4w 2d`, `+2h`: a signed sum of periods.
@@ -691,18 +688,31 @@ fn relative(text: &str) -> Option<Duration> {
     let mut total = Duration::zero();
     let mut any = false;
     for part in rest.split_whitespace() {
-        let unit = part.chars().last()?;
-        let n: i64 = part[..part.len() - 1].parse().ok()?;
-        total += match unit {
-            'w' => Duration::weeks(n),
-            'd' => Duration::days(n),
-            'h' => Duration::hours(n),
-            'm' => Duration::minutes(n),
-            _ => return None,
-        };
+        // Byte slicing is safe: the unit is one ASCII character.
+        let (count, period): (&str, fn(i64) -> Option<Duration>) =
+            if let Some(n) = part.strip_suffix('w') {
+                (n, Duration::try_weeks)
+            } else if let Some(n) = part.strip_suffix('d') {
+                (n, Duration::try_days)
+            } else if let Some(n) = part.strip_suffix('h') {
+                (n, Duration::try_hours)
+            } else if let Some(n) = part.strip_suffix('m') {
+                (n, Duration::try_minutes)
+            } else {
+                return None;
+            };
+        let n: i64 = count.parse().ok()?;
+        total = total.checked_add(&period(n)?)?;
         any = true;
     }
-    any.then_some(total * sign)
+    if !any {
+        return None;
+    }
+    if sign < 0 {
+        Duration::zero().checked_sub(&total)
+    } else {
+        Some(total)
+    }
 }
 
 impl Query {
@@ -779,8 +789,8 @@ fn eval_clause(clause: &Clause, issue: &Issue, store: &Store, now: DateTime<Utc>
                 ]
             })
             .collect(),
-        Field::Key => vec![issue.key.to_ascii_lowercase(), issue.id.to_string()],
-        Field::Id => vec![issue.id.to_string()],
+        // `id`, `key`, `issuekey` and `issue` name one field in JQL: a key or a numeric id.
+        Field::Key | Field::Id => vec![issue.key.to_ascii_lowercase(), issue.id.to_string()],
         Field::Status => store
             .status(&issue.status_id)
             .map(|s| vec![s.id.clone(), s.name.to_ascii_lowercase()])
@@ -993,6 +1003,8 @@ mod tests {
             .contains("The operator '>' is not supported by the 'labels' field."));
         assert!(error("key = SUP-99", &s).contains("An issue with key 'SUP-99' does not exist"));
         assert!(error("project = \"SUP", &s).contains("has not been completed"));
+        assert!(error("updated >= \"-1é\"", &s).contains("is invalid"));
+        assert!(error("updated >= \"-99999999999999w\"", &s).contains("is invalid"));
         assert!(error("project = SUP ORDER BY colour", &s).contains("ordering by 'colour'"));
     }
 
@@ -1003,6 +1015,10 @@ mod tests {
         assert_eq!(relative("-15m"), Some(Duration::minutes(-15)));
         assert_eq!(relative("4w 2d"), Some(Duration::days(30)));
         assert_eq!(relative("soon"), None);
+        assert_eq!(relative("-1é"), None);
+        assert_eq!(relative("-99999999999999w"), None);
+        let now = Utc::now();
+        assert_eq!(parse_date("-9223372036854775807m", now), None);
     }
 
     #[test]

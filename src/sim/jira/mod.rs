@@ -23,7 +23,8 @@ use super::outbox::{Outbox, RetryPolicy};
 use super::SimServer;
 use store::{SeedFile, Store};
 
-#[derive(Debug, Clone, clap::Args)]
+// No `Debug`: the options hold credentials.
+#[derive(Clone, clap::Args)]
 pub struct Options {
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]

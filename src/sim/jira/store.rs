@@ -592,14 +592,21 @@ impl Store {
                 ))
             }
             Some(p) => {
-                let by = p
-                    .get("id")
-                    .or_else(|| p.get("key"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                self.project(by).cloned().ok_or_else(|| {
-                    JiraError::field("project", "Specify a valid project ID or key")
-                })?
+                // By id, key or name, as Jira takes it.
+                let by = p.get("id").or_else(|| p.get("key")).and_then(Value::as_str);
+                let name = p.get("name").and_then(Value::as_str);
+                by.and_then(|b| self.project(b))
+                    .or_else(|| {
+                        name.and_then(|n| {
+                            self.projects
+                                .iter()
+                                .find(|p| p.name.eq_ignore_ascii_case(n))
+                        })
+                    })
+                    .cloned()
+                    .ok_or_else(|| {
+                        JiraError::field("project", "Specify a valid project ID or key")
+                    })?
             }
         };
         let issue_type = match fields.get("issuetype") {

@@ -138,7 +138,17 @@ pub fn deliveries(store: &Store, event: &Event, actor: &str, timestamp_ms: i64) 
             if let Some(filter) = &hook.jql {
                 match jql::parse(filter, store) {
                     Ok(query) if query.matches(issue, store) => {}
-                    _ => continue,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        // Valid at registration, invalid now (e.g. a key it names was deleted).
+                        tracing::warn!(
+                            webhook = hook.id,
+                            filter = %filter,
+                            error = %error.messages.join(" "),
+                            "webhook filter no longer parses; event not delivered"
+                        );
+                        continue;
+                    }
                 }
             }
             // Real captures show issue bodies in the v2 shape (plain-string rich text).

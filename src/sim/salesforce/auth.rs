@@ -287,6 +287,7 @@ pub async fn require_session(
     } else if !bearer(request.headers()).is_some_and(|t| shared.auth.is_valid(t)) {
         SfError::session().into_response()
     } else {
+        shared.roll_allowance();
         let limit = shared.daily_limit;
         let allowed = shared
             .api_used

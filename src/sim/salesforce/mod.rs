@@ -52,7 +52,8 @@ pub const VERSIONS: &[(&str, &str)] = &[
 
 pub const LATEST_VERSION: &str = "62.0";
 
-#[derive(Debug, Clone, clap::Args)]
+// No `Debug`: the options hold credentials.
+#[derive(Clone, clap::Args)]
 pub struct Options {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -140,12 +141,28 @@ pub struct Shared {
     pub notifier: Notifier,
     pub daily_limit: u64,
     pub api_used: AtomicU64,
+    /// When the current 24-hour allowance began.
+    allowance_since: Mutex<Instant>,
     pub(crate) cursors: Mutex<HashMap<String, Cursor>>,
     next_cursor: AtomicU64,
     base_url: OnceLock<String>,
 }
 
 impl Shared {
+    /// Start a fresh allowance once 24 hours have passed. Salesforce's window is rolling (each
+    /// call ages out 24 h after it was made); resetting in one step is simpler and keeps a
+    /// long-running demo or benchmark from locking itself out for good.
+    pub fn roll_allowance(&self) {
+        let mut since = self
+            .allowance_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if since.elapsed() >= Duration::from_secs(24 * 60 * 60) {
+            *since = Instant::now();
+            self.api_used.store(0, Ordering::SeqCst);
+        }
+    }
+
     pub fn base_url(&self) -> String {
         self.base_url.get().cloned().unwrap_or_default()
     }
@@ -471,6 +488,7 @@ fn build(options: &Options) -> Result<Arc<Shared>, StartError> {
         schema,
         daily_limit: options.daily_limit,
         api_used: AtomicU64::new(0),
+        allowance_since: Mutex::new(Instant::now()),
         cursors: Mutex::new(HashMap::new()),
         next_cursor: AtomicU64::new(1),
         base_url: OnceLock::new(),
@@ -491,9 +509,15 @@ pub async fn serve(options: Options, shutdown: CancellationToken) -> std::io::Re
     );
     println!("Salesforce emulator at {base}");
     println!("  token endpoint: {base}/services/oauth2/token");
+    // The default secret is public knowledge; one the operator chose is not printed.
+    let secret = if options.client_secret == Options::default().client_secret {
+        options.client_secret.as_str()
+    } else {
+        "<as configured>"
+    };
     println!(
-        "  client_id={} client_secret={} (JWT sub: {})",
-        options.client_id, options.client_secret, options.username
+        "  client_id={} client_secret={secret} (JWT sub: {})",
+        options.client_id, options.username
     );
     println!("  control: {base}/__sim/faults, {base}/__sim/calls, {base}/__sim/state");
     shutdown.cancelled().await;
