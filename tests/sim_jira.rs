@@ -701,6 +701,9 @@ async fn bad_jql_is_a_400_in_jiras_shape_never_a_wrong_answer() {
             "ORDER BY key DESC",
             "Unbounded JQL queries are not allowed here.",
         ),
+        // Once a panic under the store lock: must be a 400, and the site must keep serving.
+        ("updated >= \"-1é\"", "is invalid"),
+        ("updated >= \"-99999999999999w\"", "is invalid"),
     ] {
         let (status, error) = body(
             site.send(
@@ -731,6 +734,14 @@ async fn bad_jql_is_a_400_in_jiras_shape_never_a_wrong_answer() {
     assert_eq!(
         status, 400,
         "startAt is refused on the token-paged endpoint"
+    );
+    assert_eq!(
+        site.get("/rest/api/3/myself")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
     );
     let (status, _) = body(
         site.get("/rest/api/3/search/jql?jql=project%3DSUP&nextPageToken=garbage")
