@@ -21,14 +21,10 @@ pub struct WebhookLabels {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum WebhookResult {
-    accepted,
-    duplicate,
-    unauthorized,
     bad_request,
     too_large,
     unknown_connector,
     unsupported,
-    error,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -12,6 +12,17 @@ use tandem::journal::{Appended, ChangeId, ChangeStatus, JournalError, NewDeadLet
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// Claim up to 10 due changes for worker `w`; their ids, in order.
+async fn claimed_ids(journal: &tandem::journal::Journal) -> Vec<ChangeId> {
+    journal
+        .claim("w", 10, LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_change_delivered_twice_with_one_dedupe_key_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,13 +113,7 @@ async fn changes_to_one_record_are_claimed_one_at_a_time_in_order() {
     let a2 = journal.append(change("A", "a2")).await.unwrap().id();
     let b1 = journal.append(change("B", "b1")).await.unwrap().id();
 
-    let batch: Vec<ChangeId> = journal
-        .claim("w", 10, LEASE)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let batch = claimed_ids(&journal).await;
     assert_eq!(
         batch,
         vec![a1, b1],
@@ -116,13 +121,7 @@ async fn changes_to_one_record_are_claimed_one_at_a_time_in_order() {
     );
 
     journal.complete(a1, "w", "written").await.unwrap();
-    let batch: Vec<ChangeId> = journal
-        .claim("w", 10, LEASE)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let batch = claimed_ids(&journal).await;
     assert_eq!(batch, vec![a2]);
     journal.close().await;
 }

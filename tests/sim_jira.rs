@@ -47,6 +47,11 @@ impl Site {
             .json(&body)
     }
 
+    /// Send `body` as JSON with the API account's credentials; the status and decoded answer.
+    async fn call(&self, method: reqwest::Method, path: &str, body_json: Value) -> (u16, Value) {
+        body(self.send(method, path, body_json).send().await.unwrap()).await
+    }
+
     async fn create(&self, summary: &str) -> Value {
         let response = self
             .send(
@@ -194,17 +199,13 @@ async fn v3_speaks_adf_and_v2_plain_text_over_the_same_issue() {
     );
 
     // v3 refuses a plain string where ADF belongs; v2 takes it.
-    let (status, error) = body(
-        site.send(
+    let (status, error) = site
+        .call(
             reqwest::Method::PUT,
             "/rest/api/3/issue/SUP-1",
             json!({"fields": {"description": "plain"}}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 400);
     assert!(error["errors"]["description"]
         .as_str()
@@ -276,17 +277,13 @@ async fn create_and_edit_validate_like_jira() {
         .as_str()
         .unwrap()
         .contains("cannot be set"));
-    let (status, _) = body(
-        site.send(
+    let (status, _) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/3/issue",
             json!("not an object"),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 400);
 
     // A project can be named by id, key or name.
@@ -296,35 +293,23 @@ async fn create_and_edit_validate_like_jira() {
         .unwrap();
     assert_eq!(by_name.status(), 201);
     // Status is not a field: a direct edit is refused as Jira refuses it.
-    let (status, error) = body(
-        site.send(
+    let (status, error) = site
+        .call(
             reqwest::Method::PUT,
             "/rest/api/3/issue/SUP-1",
             json!({"fields": {"status": {"name": "Done"}}}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 400);
     assert_eq!(
         error["errors"]["status"],
         "Field 'status' cannot be set. It is not on the appropriate screen, or unknown."
     );
     // `update` operations and `returnIssue`.
-    let (status, issue) = body(
-        site.send(
-            reqwest::Method::PUT,
+    let (status, issue) = site.call(reqwest::Method::PUT,
             "/rest/api/3/issue/SUP-1?returnIssue=true",
             json!({"fields": {"priority": {"name": "High"}, "customfield_10050": "500000000000001AAA"},
-                   "update": {"labels": [{"add": "hw"}, {"add": "urgent"}]}}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+                   "update": {"labels": [{"add": "hw"}, {"add": "urgent"}]}})).await;
     assert_eq!(status, 200);
     assert_eq!(issue["fields"]["priority"]["name"], "High");
     assert_eq!(issue["fields"]["labels"], json!(["hw", "urgent"]));
@@ -428,42 +413,30 @@ async fn status_changes_go_through_the_workflow_transitions() {
 async fn comments_can_be_listed_added_updated_and_deleted() {
     let site = Site::start().await;
     site.create("talk").await;
-    let (status, c) = body(
-        site.send(
+    let (status, c) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/3/issue/SUP-1/comment",
             json!({"body": adf("first")}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 201);
     let id = c["id"].as_str().unwrap().to_string();
-    let (status, _) = body(
-        site.send(
+    let (status, _) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/2/issue/SUP-1/comment",
             json!({"body": "second"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 201);
-    let (status, c) = body(
-        site.send(
+    let (status, c) = site
+        .call(
             reqwest::Method::PUT,
             &format!("/rest/api/3/issue/SUP-1/comment/{id}"),
             json!({"body": adf("first, edited")}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(
         (
             status,
@@ -496,17 +469,13 @@ async fn comments_can_be_listed_added_updated_and_deleted() {
     )
     .await;
     assert_eq!(status, 404);
-    let (status, error) = body(
-        site.send(
+    let (status, error) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/3/issue/SUP-1/comment",
             json!({"body": "plain in v3"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 400, "{error}");
 }
 
@@ -559,17 +528,9 @@ async fn entity_properties_hold_json_per_issue() {
 async fn bulk_create_reports_each_failure_by_position() {
     let site = Site::start().await;
     let good = |s: &str| json!({"fields": {"project": {"key": "SUP"}, "issuetype": {"id": "10001"}, "summary": s}});
-    let (status, answer) = body(
-        site.send(
-            reqwest::Method::POST,
+    let (status, answer) = site.call(reqwest::Method::POST,
             "/rest/api/3/issue/bulk",
-            json!({"issueUpdates": [good("one"), {"fields": {"project": {"key": "SUP"}, "issuetype": {"id": "10001"}}}, good("three")]}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+            json!({"issueUpdates": [good("one"), {"fields": {"project": {"key": "SUP"}, "issuetype": {"id": "10001"}}}, good("three")]})).await;
     assert_eq!(status, 201);
     assert_eq!(answer["issues"].as_array().unwrap().len(), 2);
     assert_eq!(answer["errors"][0]["failedElementNumber"], 1);
@@ -578,17 +539,13 @@ async fn bulk_create_reports_each_failure_by_position() {
         "You must specify a summary of the issue."
     );
     let many: Vec<Value> = (0..51).map(|i| good(&i.to_string())).collect();
-    let (status, _) = body(
-        site.send(
+    let (status, _) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/3/issue/bulk",
             json!({ "issueUpdates": many }),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 400, "at most 50 a call");
 }
 
@@ -616,13 +573,9 @@ async fn search_pages_to_the_end_with_next_page_tokens_and_no_total() {
         if let Some(t) = &token {
             request["nextPageToken"] = json!(t);
         }
-        let (status, page) = body(
-            site.send(reqwest::Method::POST, "/rest/api/3/search/jql", request)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, page) = site
+            .call(reqwest::Method::POST, "/rest/api/3/search/jql", request)
+            .await;
         assert_eq!(status, 200, "{page}");
         assert!(page.get("total").is_none() && page.get("startAt").is_none());
         pages += 1;
@@ -656,17 +609,13 @@ async fn search_pages_to_the_end_with_next_page_tokens_and_no_total() {
         page["issues"],
         json!([{"id": site.sim.store().find("SUP-7").unwrap().id.to_string()}])
     );
-    let (_, count) = body(
-        site.send(
+    let (_, count) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/3/search/approximate-count",
             json!({"jql": "project = SUP"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(count["count"], 230);
     // The old offset search, for older clients.
     let (_, old) = body(site.get("/rest/api/2/search?jql=project%3DSUP%20ORDER%20BY%20key%20ASC&startAt=200&maxResults=50").send().await.unwrap()).await;
@@ -705,32 +654,24 @@ async fn bad_jql_is_a_400_in_jiras_shape_never_a_wrong_answer() {
         ("updated >= \"-1é\"", "is invalid"),
         ("updated >= \"-99999999999999w\"", "is invalid"),
     ] {
-        let (status, error) = body(
-            site.send(
+        let (status, error) = site
+            .call(
                 reqwest::Method::POST,
                 "/rest/api/3/search/jql",
                 json!({"jql": jql}),
             )
-            .send()
-            .await
-            .unwrap(),
-        )
-        .await;
+            .await;
         assert_eq!(status, 400, "{jql}");
         let message = error["errorMessages"][0].as_str().unwrap();
         assert!(message.contains(expected), "{jql}: {message}");
     }
-    let (status, _) = body(
-        site.send(
+    let (status, _) = site
+        .call(
             reqwest::Method::POST,
             "/rest/api/3/search/jql",
             json!({"jql": "project = SUP", "startAt": 0}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(
         status, 400,
         "startAt is refused on the token-paged endpoint"
@@ -929,18 +870,14 @@ async fn a_failed_webhook_is_retried_with_the_same_identifier_and_a_retry_count(
 async fn the_admin_webhook_endpoint_registers_filters_and_deletes() {
     let site = Site::start().await;
     let (receiver, url) = Receiver::start(vec![]).await;
-    let (status, hook) = body(
-        site.send(
+    let (status, hook) = site
+        .call(
             reqwest::Method::POST,
             "/rest/webhooks/1.0/webhook",
             json!({"name": "tandem", "url": url, "events": ["jira:issue_created"],
                    "filters": {"issue-related-events-section": "labels = sync"}, "secret": "s"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 201);
     site.create("not labelled").await;
     site.send(
@@ -970,17 +907,13 @@ async fn the_admin_webhook_endpoint_registers_filters_and_deletes() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    let (status, _) = body(
-        site.send(
+    let (status, _) = site
+        .call(
             reqwest::Method::POST,
             "/rest/webhooks/1.0/webhook",
             json!({"url": url, "events": ["jira:nope"]}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(status, 400);
 }
 

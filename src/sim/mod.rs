@@ -61,13 +61,4 @@ impl SimServer {
         self.shutdown.cancel();
         let _ = self.task.await;
     }
-
-    /// Resolves when the server has stopped (standalone `tandem sim`).
-    pub async fn stopped(&mut self) {
-        let _ = (&mut self.task).await;
-    }
-
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }

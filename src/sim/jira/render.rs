@@ -293,63 +293,58 @@ fn issue_fields(
     selection: &FieldSelection,
 ) -> Map<String, Value> {
     let mut f = Map::new();
-    let mut put = |name: &str, value: Value| {
+    // Values are built only for the fields asked for: most callers want a handful.
+    let mut put = |name: &str, value: &dyn Fn() -> Value| {
         if selection.wants(name) {
-            f.insert(name.to_string(), value);
+            f.insert(name.to_string(), value());
         }
     };
-    put("summary", json!(issue.summary));
-    put("description", rich(api, issue.description.as_ref()));
-    put("status", status(store, &issue.status_id));
-    put(
-        "priority",
+    put("summary", &|| json!(issue.summary));
+    put("description", &|| rich(api, issue.description.as_ref()));
+    put("status", &|| status(store, &issue.status_id));
+    put("priority", &|| {
         issue
             .priority_id
             .as_deref()
-            .map_or(Value::Null, |p| priority(store, p)),
-    );
-    put("issuetype", issue_type(store, &issue.issue_type_id));
-    put("project", project(store, &issue.project_id));
-    put("labels", json!(issue.labels));
-    put(
-        "assignee",
+            .map_or(Value::Null, |p| priority(store, p))
+    });
+    put("issuetype", &|| issue_type(store, &issue.issue_type_id));
+    put("project", &|| project(store, &issue.project_id));
+    put("labels", &|| json!(issue.labels));
+    put("assignee", &|| {
         issue
             .assignee
             .as_deref()
-            .map_or(Value::Null, |a| user(store, a)),
-    );
-    put("reporter", user(store, &issue.reporter));
-    put("creator", user(store, &issue.creator));
-    put("created", json!(format_time(issue.created)));
-    put("updated", json!(format_time(issue.updated)));
-    put("duedate", json!(issue.duedate.map(|d| d.to_string())));
-    put(
-        "resolution",
+            .map_or(Value::Null, |a| user(store, a))
+    });
+    put("reporter", &|| user(store, &issue.reporter));
+    put("creator", &|| user(store, &issue.creator));
+    put("created", &|| json!(format_time(issue.created)));
+    put("updated", &|| json!(format_time(issue.updated)));
+    put("duedate", &|| json!(issue.duedate.map(|d| d.to_string())));
+    put("resolution", &|| {
         issue
             .resolution
             .as_ref()
-            .map_or(Value::Null, |r| json!({ "name": r })),
-    );
-    put(
-        "resolutiondate",
-        json!(issue.resolution_date.map(format_time)),
-    );
+            .map_or(Value::Null, |r| json!({ "name": r }))
+    });
+    put("resolutiondate", &|| {
+        json!(issue.resolution_date.map(format_time))
+    });
     let comments: Vec<&Comment> = issue.comments.iter().collect();
-    put(
-        "comment",
+    put("comment", &|| {
         json!({
             "comments": comments.iter().map(|c| comment(store, api, issue, c)).collect::<Vec<_>>(),
             "self": format!("{}/rest/api/{}/issue/{}/comment", store.base_url, api.number(), issue.id),
             "maxResults": comments.len(),
             "total": comments.len(),
             "startAt": 0,
-        }),
-    );
+        })
+    });
     for field in &store.custom_fields {
-        put(
-            &field.id,
-            issue.custom.get(&field.id).cloned().unwrap_or(Value::Null),
-        );
+        put(&field.id, &|| {
+            issue.custom.get(&field.id).cloned().unwrap_or(Value::Null)
+        });
     }
     f
 }

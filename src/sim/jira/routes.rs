@@ -1030,15 +1030,15 @@ fn search_from_body(bytes: &[u8]) -> Result<SearchRequest, JiraError> {
     })
 }
 
-fn run_query<'a>(store: &'a Store, jql: &str) -> Result<Vec<&'a Issue>, JiraError> {
-    let query = jql::parse(jql, store)?;
+/// The issues a parsed query selects, in its order.
+fn run_query<'a>(store: &'a Store, query: &jql::Query) -> Vec<&'a Issue> {
     let mut found: Vec<&Issue> = store
         .issues
         .values()
         .filter(|i| query.matches(i, store))
         .collect();
     query.sort(&mut found);
-    Ok(found)
+    found
 }
 
 /// Page tokens are opaque to clients; this one binds an offset to the query it belongs to.
@@ -1079,7 +1079,7 @@ fn search_jql(sim: &Sim, caller: MaybeCaller, api: Api, request: SearchRequest) 
             "Unbounded JQL queries are not allowed here. Please add a search restriction to your query.",
         ));
     }
-    let found = run_query(&store, &request.jql)?;
+    let found = run_query(&store, &query);
     let fields = FieldSelection::parse(request.fields.as_deref(), FieldSelection::none());
     let cap = if fields.is_empty() { 5000 } else { 100 };
     let max = request.max_results.unwrap_or(50).clamp(1, cap);
@@ -1135,14 +1135,14 @@ async fn approximate_count(
     let body = json_body(&body)?;
     let jql = body.get("jql").and_then(Value::as_str).unwrap_or_default();
     let store = sim.lock();
-    let count = run_query(&store, jql)?.len();
+    let count = run_query(&store, &jql::parse(jql, &store)?).len();
     ok(StatusCode::OK, json!({ "count": count }))
 }
 
 /// The old offset-paged search, kept for older clients (removed from Jira Cloud itself).
 fn search_old(sim: &Sim, api: Api, request: SearchRequest) -> Answer {
     let store = sim.lock();
-    let found = run_query(&store, &request.jql)?;
+    let found = run_query(&store, &jql::parse(&request.jql, &store)?);
     let fields = FieldSelection::parse(request.fields.as_deref(), FieldSelection::all());
     let start = request.start_at.unwrap_or(0);
     let max = request.max_results.unwrap_or(50).clamp(1, 100);
