@@ -5,14 +5,21 @@
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::connectors::{CallStats, ConnectorError, Connectors};
+use crate::ingest;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
+
+/// How often API call counts are written to `api_usage`. A crash loses at most this much
+/// counting: the budget is a guard rail, and the vendor's own count still caps it.
+const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -26,6 +33,8 @@ pub enum AppError {
     },
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("connector: {0}")]
+    Connector(#[from] ConnectorError),
 }
 
 pub struct Application {
@@ -52,13 +61,35 @@ impl Application {
                 return Err(AppError::Bind { addr, source });
             }
         };
-        let metrics = Arc::new(Metrics::new(journal.stats()));
+        let calls = CallStats::default();
+        let connectors = match Connectors::build(&settings, &calls) {
+            Ok(connectors) => connectors,
+            Err(error) => {
+                journal.close().await;
+                return Err(error.into());
+            }
+        };
+        // Today's spending so far survives a restart.
+        for (name, connector) in connectors.iter() {
+            let limiter = connector.limiter();
+            let day = limiter.snapshot().day;
+            if let Some((calls, server_used, server_max)) = journal.api_usage(name, &day).await? {
+                limiter.restore(&crate::connectors::Usage {
+                    day,
+                    calls,
+                    server_used,
+                    server_max,
+                });
+            }
+        }
+        let metrics = Arc::new(Metrics::new(journal.stats(), &calls));
         Ok(Application {
             listener,
             state: AppState {
                 settings: Arc::new(settings),
                 journal,
                 metrics,
+                connectors,
             },
         })
     }
@@ -78,7 +109,34 @@ impl Application {
         let Application { listener, state } = self;
         let grace = state.settings.server.shutdown_timeout;
         let journal = state.journal.clone();
+        let connectors = state.connectors.clone();
         tracing::info!(addr = %listener.local_addr().map_err(AppError::Serve)?, "listening");
+        let workers = CancellationToken::new();
+        // Credentials are checked at start so a wrong token shows in the log at once, not at the
+        // first change; a vendor that is down does not stop Tandem from taking webhooks.
+        for (name, connector) in connectors.iter() {
+            let (name, connector) = (name.clone(), connector.clone());
+            let stop = workers.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    result = connector.check() => match result {
+                        Ok(()) => tracing::info!(connector = %name, "connector credentials accepted"),
+                        Err(error) => tracing::warn!(connector = %name, %error, "connector check failed"),
+                    },
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        let mut pollers = ingest::spawn(
+            ingest::pollers(&state.settings, &state.connectors, &state.journal),
+            state.metrics.clone(),
+            workers.clone(),
+        );
+        let usage = tokio::spawn(flush_usage_until(
+            connectors.clone(),
+            journal.clone(),
+            workers.clone(),
+        ));
         let server = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
@@ -99,10 +157,44 @@ impl Application {
                 }
             }
         };
+        // Workers stop at their next await; a poll page is stored with its watermark or not at
+        // all, so stopping mid-poll loses nothing.
+        workers.cancel();
+        while pollers.join_next().await.is_some() {}
+        let _ = usage.await;
         // Every acknowledged change is already committed; this flushes what is queued and closes
         // the database cleanly (WAL checkpointed by the last connection).
         journal.close().await;
         tracing::info!("stopped");
         served
+    }
+}
+
+/// Persist each connector's API call count while running, and once more when stopping.
+async fn flush_usage_until(connectors: Connectors, journal: Journal, stop: CancellationToken) {
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(USAGE_FLUSH_EVERY) => false,
+            () = stop.cancelled() => true,
+        };
+        for (name, connector) in connectors.iter() {
+            if let Some(usage) = connector.limiter().take_unsaved() {
+                if let Err(error) = journal
+                    .save_api_usage(
+                        name,
+                        &usage.day,
+                        usage.calls,
+                        usage.server_used,
+                        usage.server_max,
+                    )
+                    .await
+                {
+                    tracing::warn!(connector = %name, %error, "could not save API usage");
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }

@@ -7,6 +7,8 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connectors;
+pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod sim;

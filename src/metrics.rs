@@ -7,9 +7,11 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::journal::{now_ms, Journal, JournalError, JournalStats};
+use crate::connectors::{CallStats, Connectors};
+use crate::journal::{now_ms, Journal, JournalError, JournalStats, Origin};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
@@ -21,10 +23,65 @@ pub struct WebhookLabels {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum WebhookResult {
+    /// Stored: at least one new change.
+    accepted,
+    /// Every change it carried was already stored (a redelivery).
+    duplicate,
+    /// Authentic and well-formed, but nothing Tandem syncs (e.g. an issue property event).
+    ignored,
+    unauthorized,
     bad_request,
     too_large,
     unknown_connector,
-    unsupported,
+    /// The journal could not commit; the sender was told to retry.
+    unavailable,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    pub connector: String,
+    pub origin: OriginLabel,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum OriginLabel {
+    webhook,
+    poll,
+    reconcile,
+    backfill,
+    replay,
+}
+
+impl From<Origin> for OriginLabel {
+    fn from(origin: Origin) -> Self {
+        match origin {
+            Origin::Webhook => OriginLabel::webhook,
+            Origin::Poll => OriginLabel::poll,
+            Origin::Reconcile => OriginLabel::reconcile,
+            Origin::Backfill => OriginLabel::backfill,
+            Origin::Replay => OriginLabel::replay,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    pub flow: String,
+    pub connector: String,
+    pub result: PollResult,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PollResult {
+    ok,
+    failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,13 +92,89 @@ struct StatusLabels {
 pub struct Metrics {
     registry: Registry,
     pub webhook_requests: Family<WebhookLabels, Counter>,
+    /// New journal rows by connector and how they arrived.
+    pub ingested: Family<IngestLabels, Counter>,
+    pub poll_runs: Family<PollLabels, Counter>,
+    pub poll_duration: Family<PollLabels, Histogram>,
     journal_depth: Family<StatusLabels, Gauge>,
     journal_oldest_age: Gauge<f64, AtomicU64>,
+    quota_used: Family<ConnectorLabels, Gauge>,
+    quota_remaining: Family<ConnectorLabels, Gauge>,
+    quota_budget: Family<ConnectorLabels, Gauge>,
+    vendor_quota_used: Family<ConnectorLabels, Gauge>,
+    vendor_quota_max: Family<ConnectorLabels, Gauge>,
+    paused_seconds: Family<ConnectorLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
-    pub fn new(journal: &JournalStats) -> Metrics {
+    pub fn new(journal: &JournalStats, calls: &CallStats) -> Metrics {
         let mut registry = Registry::with_prefix("tandem");
+        registry.register(
+            "connector_calls",
+            "Vendor API calls by connector and HTTP status (`error`: no answer)",
+            calls.calls.clone(),
+        );
+        registry.register(
+            "connector_pauses",
+            "Times a connector paused all traffic on the vendor's rate limit",
+            calls.pauses.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<ConnectorLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let quota_used = gauge(
+            &mut registry,
+            "connector_quota_used",
+            "API calls Tandem made today (UTC) per connector",
+        );
+        let quota_remaining = gauge(
+            &mut registry,
+            "connector_quota_remaining",
+            "API calls left today: the smaller of Tandem's budget and the vendor's remaining allowance (absent when neither is known)",
+        );
+        let quota_budget = gauge(
+            &mut registry,
+            "connector_quota_budget",
+            "Tandem's daily budget per connector (absent when unlimited)",
+        );
+        let vendor_quota_used = gauge(
+            &mut registry,
+            "connector_vendor_quota_used",
+            "The vendor's own count of calls, as last reported (Sforce-Limit-Info, X-RateLimit-*)",
+        );
+        let vendor_quota_max = gauge(
+            &mut registry,
+            "connector_vendor_quota_max",
+            "The vendor's allowance, as last reported",
+        );
+        let paused_seconds = Family::<ConnectorLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "connector_paused_seconds",
+            "Seconds until a paused connector sends again (0 when not paused)",
+            paused_seconds.clone(),
+        );
+        let ingested = Family::<IngestLabels, Counter>::default();
+        registry.register(
+            "changes_ingested",
+            "Changes stored in the journal, by connector and origin",
+            ingested.clone(),
+        );
+        let poll_runs = Family::<PollLabels, Counter>::default();
+        registry.register(
+            "poll_runs",
+            "Polls of a flow side, by result",
+            poll_runs.clone(),
+        );
+        let poll_duration = Family::<PollLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        registry.register(
+            "poll_duration_seconds",
+            "How long a poll of a flow side took",
+            poll_duration.clone(),
+        );
         let webhook_requests = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhook_requests",
@@ -83,8 +216,28 @@ impl Metrics {
         Metrics {
             registry,
             webhook_requests,
+            ingested,
+            poll_runs,
+            poll_duration,
             journal_depth,
             journal_oldest_age,
+            quota_used,
+            quota_remaining,
+            quota_budget,
+            vendor_quota_used,
+            vendor_quota_max,
+            paused_seconds,
+        }
+    }
+
+    pub fn count_ingested(&self, connector: &str, origin: Origin, new: u64) {
+        if new > 0 {
+            self.ingested
+                .get_or_create(&IngestLabels {
+                    connector: connector.to_string(),
+                    origin: origin.into(),
+                })
+                .inc_by(new);
         }
     }
 
@@ -98,7 +251,35 @@ impl Metrics {
     }
 
     /// Refresh the journal gauges and render the exposition text.
-    pub async fn render(&self, journal: &Journal) -> Result<String, JournalError> {
+    pub async fn render(
+        &self,
+        journal: &Journal,
+        connectors: &Connectors,
+    ) -> Result<String, JournalError> {
+        for (name, connector) in connectors.iter() {
+            let quota = connector.limiter().snapshot();
+            let labels = ConnectorLabels {
+                connector: name.clone(),
+            };
+            let set = |family: &Family<ConnectorLabels, Gauge>, value: Option<u64>| match value {
+                Some(v) => {
+                    family
+                        .get_or_create(&labels)
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            };
+            set(&self.quota_used, Some(quota.used));
+            set(&self.quota_remaining, quota.remaining);
+            set(&self.quota_budget, quota.budget);
+            set(&self.vendor_quota_used, quota.server_used);
+            set(&self.vendor_quota_max, quota.server_max);
+            self.paused_seconds
+                .get_or_create(&labels)
+                .set(quota.paused_for.map_or(0.0, |d| d.as_secs_f64()));
+        }
         for (status, count) in journal.depth_by_status().await? {
             self.journal_depth
                 .get_or_create(&StatusLabels {

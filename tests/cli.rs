@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SECRETS: [(&str, &str); 4] = [
+const SECRETS: [(&str, &str); 5] = [
     ("JIRA_API_TOKEN", "jira-token-value-1"),
     ("JIRA_WEBHOOK_SECRET", "jira-hook-value-2"),
     ("SF_CLIENT_SECRET", "sf-secret-value-3"),
     ("TANDEM_ADMIN_TOKEN", "admin-token-value-4"),
+    ("SF_WEBHOOK_SECRET", "sf-hook-value-5"),
 ];
 
 fn example() -> String {

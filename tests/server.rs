@@ -148,26 +148,6 @@ async fn a_webhook_for_an_unknown_connector_is_404_and_counted() {
 }
 
 #[tokio::test]
-async fn a_webhook_for_a_kind_without_a_receiver_is_refused_and_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(&jira_connector(dir.path())).await;
-    let response = app
-        .client
-        .post(app.url("/webhooks/jira"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 501);
-    assert_eq!(
-        json(response).await["error"]["code"],
-        "receiver_unavailable"
-    );
-    assert_eq!(app.journal.stats().appended.get(), 0);
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn unknown_paths_and_methods_get_json_errors() {
     let app = spawn_app().await;
     let response = app.client.get(app.url("/nope")).send().await.unwrap();

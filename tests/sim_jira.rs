@@ -362,6 +362,17 @@ async fn status_changes_go_through_the_workflow_transitions() {
         transitions(&site).await,
         [("21".to_string(), "In Progress".to_string())]
     );
+    // `expand=transitions` on the issue lists the same, beside the current status.
+    let (_, issue) = body(
+        site.get("/rest/api/3/issue/SUP-1?fields=status&expand=transitions")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(issue["fields"]["status"]["name"], "To Do");
+    assert_eq!(issue["transitions"][0]["id"], "21");
+    assert_eq!(issue["transitions"][0]["to"]["name"], "In Progress");
     let go = |id: &str| {
         site.send(
             reqwest::Method::POST,
@@ -641,7 +652,10 @@ async fn bad_jql_is_a_400_in_jiras_shape_never_a_wrong_answer() {
             "colour = red",
             "Field 'colour' does not exist or you do not have permission to view it.",
         ),
-        ("summary ~ printer", "does not support"),
+        (
+            "summary = printer",
+            "The operator '=' is not supported by the 'summary' field.",
+        ),
         (
             "updated >= \"yesterday\"",
             "Date value 'yesterday' for field 'updated' is invalid",
@@ -1162,7 +1176,7 @@ async fn every_v3_answer_conforms_to_the_published_openapi_description() {
         (
             "get",
             "/rest/api/3/issue/{issueIdOrKey}",
-            "/rest/api/3/issue/SUP-1?expand=renderedFields,names,changelog".into(),
+            "/rest/api/3/issue/SUP-1?expand=renderedFields,names,changelog,transitions".into(),
             None,
             200,
         ),

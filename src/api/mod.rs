@@ -21,6 +21,7 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 
 use crate::config::Settings;
+use crate::connectors::Connectors;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub journal: Journal,
     pub metrics: Arc<Metrics>,
+    /// For webhook parsing only: the API layer never calls a vendor.
+    pub connectors: Connectors,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,7 +51,7 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!(
                     "http",
                     method = %request.method(),
-                    path = %request.uri().path(),
+                    path = %loggable_path(request.uri().path()),
                     request_id,
                 )
             }),
@@ -67,7 +70,35 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/webhooks/{connector}", post(webhooks::receive))
+        .route(
+            "/webhooks/{connector}/{token}",
+            post(webhooks::receive_with_token),
+        )
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .layer(middleware)
         .with_state(state)
+}
+
+/// The request path for logs, with a webhook's path token (a shared secret) masked.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix("/webhooks/") {
+        Some(rest) if rest.contains('/') => {
+            let connector = rest.split('/').next().unwrap_or_default();
+            format!("/webhooks/{connector}/***").into()
+        }
+        _ => path.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_webhook_path_token_never_reaches_the_logs() {
+        assert_eq!(
+            super::loggable_path("/webhooks/salesforce/s3cret"),
+            "/webhooks/salesforce/***"
+        );
+        assert_eq!(super::loggable_path("/webhooks/jira"), "/webhooks/jira");
+        assert_eq!(super::loggable_path("/metrics"), "/metrics");
+    }
 }

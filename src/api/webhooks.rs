@@ -1,51 +1,137 @@
-//! `POST /webhooks/{connector}`: the entry point every vendor webhook comes through.
+//! `POST /webhooks/{connector}` (and `/webhooks/{connector}/{token}` for senders that cannot add
+//! headers): the entry point every vendor webhook comes through.
 //!
-//! What is common to all vendors lives here: the connector lookup (404 for a name that is not
-//! configured, before the body is looked at), the body limit (413, in the middleware) and the
-//! request counter. Verifying and parsing each vendor's payload belongs to its connector's
-//! receiver; until a kind has one, its webhooks are refused with 501 so that no sender is ever
-//! told a change was stored when it was not.
+//! Common to all vendors, here: the connector lookup (404 before the body is looked at), the body
+//! limit (413, in the middleware), storing the changes and counting every outcome. The vendor's
+//! connector authenticates and parses (`Connector::parse_webhook`): authentication first, so
+//! nothing of an unauthenticated body is read. The sender gets its 2xx (or its SOAP `Ack`) only
+//! after the changes are committed; if the journal cannot commit it gets a 503 and retries.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
+use crate::connectors::{WebhookError, WebhookReply, WebhookRequest};
+use crate::journal::{Appended, Origin};
 use crate::metrics::WebhookResult;
+
+type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 pub async fn receive(
     State(state): State<AppState>,
     Path(connector): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<StatusCode, ApiError> {
-    let Some(settings) = state.settings.connectors.get(&connector) else {
+    headers: HeaderMap,
+    body: BodyResult,
+) -> Result<Response, ApiError> {
+    handle(state, connector, None, headers, body).await
+}
+
+pub async fn receive_with_token(
+    State(state): State<AppState>,
+    Path((connector, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: BodyResult,
+) -> Result<Response, ApiError> {
+    handle(state, connector, Some(token), headers, body).await
+}
+
+async fn handle(
+    state: AppState,
+    name: String,
+    token: Option<String>,
+    headers: HeaderMap,
+    body: BodyResult,
+) -> Result<Response, ApiError> {
+    let Some(connector) = state.connectors.get(&name) else {
         state
             .metrics
             .count_webhook("unknown", WebhookResult::unknown_connector);
         return Err(ApiError::not_found(
             "unknown_connector",
-            format!("no connector named `{connector}` is configured"),
+            format!("no connector named `{name}` is configured"),
         ));
     };
-    if let Err(rejection) = body {
-        let status = rejection.status();
-        let result = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookResult::too_large
-        } else {
-            WebhookResult::bad_request
+    let count = |result| state.metrics.count_webhook(&name, result);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            count(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                WebhookResult::too_large
+            } else {
+                WebhookResult::bad_request
+            });
+            return Err(ApiError::new(status, "bad_body", rejection.body_text()));
+        }
+    };
+    let parsed = connector.parse_webhook(&WebhookRequest {
+        headers: &headers,
+        body: &body,
+        path_token: token.as_deref(),
+    });
+    let webhook = match parsed {
+        Ok(webhook) => webhook,
+        Err(WebhookError::Unauthorized(reason)) => {
+            count(WebhookResult::unauthorized);
+            tracing::warn!(connector = %name, %reason, "webhook refused");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                reason,
+            ));
+        }
+        Err(WebhookError::Malformed(reason)) => {
+            count(WebhookResult::bad_request);
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_webhook",
+                reason,
+            ));
+        }
+    };
+    let result = if webhook.changes.is_empty() {
+        WebhookResult::ignored
+    } else {
+        let appended = match state.journal.append_all(webhook.changes, None).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                count(WebhookResult::unavailable);
+                tracing::error!(connector = %name, %error, "webhook not stored; the sender will retry");
+                return Err(ApiError::unavailable(
+                    "journal_unavailable",
+                    "the change could not be stored; retry later",
+                ));
+            }
         };
-        state.metrics.count_webhook(&connector, result);
-        return Err(ApiError::new(status, "bad_body", rejection.body_text()));
-    }
-    state
-        .metrics
-        .count_webhook(&connector, WebhookResult::unsupported);
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "receiver_unavailable",
-        format!(
-            "this build has no webhook receiver for {} connectors yet; nothing was stored",
-            settings.kind().as_str()
-        ),
-    ))
+        let new = appended
+            .iter()
+            .filter(|a| matches!(a, Appended::New(_)))
+            .count() as u64;
+        state.metrics.count_ingested(&name, Origin::Webhook, new);
+        if new == 0 {
+            WebhookResult::duplicate
+        } else {
+            WebhookResult::accepted
+        }
+    };
+    count(result);
+    Ok(match webhook.reply {
+        WebhookReply::Empty => StatusCode::NO_CONTENT.into_response(),
+        WebhookReply::SoapAck => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            Body::from(SOAP_ACK),
+        )
+            .into_response(),
+    })
 }
+
+/// The answer an Outbound Message sender needs to stop retrying.
+const SOAP_ACK: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">"#,
+    r#"<soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">"#,
+    r#"<Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#
+);

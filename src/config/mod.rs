@@ -41,6 +41,7 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    pub ingest: IngestSettings,
     /// Configured systems, by the name flows and webhook URLs use.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorSettings>,
@@ -96,6 +97,19 @@ pub struct JournalSettings {
     pub max_batch: usize,
     /// Insert requests that may wait for the writer before callers are pushed back. Default 8192.
     pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// How often a realtime flow polls each side anyway, to catch what webhooks missed.
+    /// Default `15m`.
+    #[serde(with = "types::duration")]
+    pub safety_poll_interval: Duration,
+    /// How far before its watermark a poll starts reading again: covers clock skew and records
+    /// committed late with an earlier modified time. Default `2m`.
+    #[serde(with = "types::duration")]
+    pub overlap: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -261,6 +275,12 @@ impl Settings {
                     "`{}` is not a SQLite URL (expected e.g. `sqlite://data/tandem.db`)",
                     self.storage.url
                 ),
+            );
+        }
+        if self.ingest.safety_poll_interval.is_zero() {
+            push(
+                "ingest.safety_poll_interval".into(),
+                "must be longer than 0s".into(),
             );
         }
         if self.journal.max_batch == 0 {

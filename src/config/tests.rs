@@ -292,6 +292,38 @@ fn connector_limits_and_versions_are_checked() {
 }
 
 #[test]
+fn a_budget_share_must_be_a_fraction_and_ingest_needs_a_poll_interval() {
+    let (_dir, path) = secret_file("x");
+    let config = valid_config(&path).replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\nlimits = { daily_budget_share = 1.5 }",
+    ) + "\n[ingest]\nsafety_poll_interval = \"0s\"\n";
+    assert_eq!(
+        problems(&config),
+        vec![
+            "ingest.safety_poll_interval: must be longer than 0s",
+            "connectors.sf.limits.daily_budget_share: 1.5 is not a share in (0, 1]",
+        ]
+    );
+}
+
+#[test]
+fn salesforce_webhook_secrets_are_secrets_too() {
+    let (_dir, path) = secret_file("hook-secret");
+    let config = valid_config(&path).replace(
+        "kind = \"salesforce\"",
+        &format!("kind = \"salesforce\"\nwebhook_secret = {{ file = \"{path}\" }}"),
+    );
+    let settings = load(&config).unwrap();
+    let ConnectorSettings::Salesforce(sf) = &settings.connectors["sf"] else {
+        panic!("not salesforce")
+    };
+    assert_eq!(sf.webhook_secret.as_ref().unwrap().expose(), "hook-secret");
+    assert!(!format!("{settings:?}").contains("hook-secret"));
+    assert!(!sf.allow_unauthenticated_webhooks);
+}
+
+#[test]
 fn a_missing_config_file_is_an_error() {
     let err = Settings::load_from(&Sources {
         base_dir: std::env::temp_dir(),

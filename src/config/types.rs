@@ -179,6 +179,14 @@ impl ConnectorSettings {
                 "must be at least 1 (leave it out for no budget)".into(),
             ));
         }
+        if let Some(share) = limits.daily_budget_share {
+            if !(share > 0.0 && share <= 1.0) {
+                problems.push((
+                    "limits.daily_budget_share".into(),
+                    format!("{share} is not a share in (0, 1]"),
+                ));
+            }
+        }
         if let ConnectorSettings::Salesforce(sf) = self {
             let valid = sf
                 .api_version
@@ -213,6 +221,11 @@ pub struct LimitSettings {
     /// API calls Tandem may spend per UTC day; leave out for no budget.
     #[serde(default)]
     pub daily_budget: Option<u64>,
+    /// Tandem's share of the vendor's reported allowance (`0.5` = half of the org's daily API
+    /// requests), leaving the rest to the org's other integrations. With `daily_budget` too, the
+    /// smaller wins.
+    #[serde(default)]
+    pub daily_budget_share: Option<f64>,
     /// Whole-request timeout. Default `30s`.
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
@@ -228,6 +241,7 @@ impl Default for LimitSettings {
             burst: None,
             max_concurrency: default_concurrency(),
             daily_budget: None,
+            daily_budget_share: None,
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
         }
@@ -313,6 +327,13 @@ pub struct SalesforceSettings {
     /// The 18-character org id; Outbound Messages from any other org are refused.
     #[serde(default)]
     pub organization_id: Option<String>,
+    /// Shared secret every notification must carry, in the URL (`/webhooks/{name}/{secret}`:
+    /// Outbound Messages cannot add headers) or in an `X-Tandem-Webhook-Token` header.
+    #[serde(default)]
+    pub webhook_secret: Option<Secret>,
+    /// Accept notifications without the secret. Default false; only for a network you trust.
+    #[serde(default)]
+    pub allow_unauthenticated_webhooks: bool,
     #[serde(default)]
     pub limits: LimitSettings,
 }

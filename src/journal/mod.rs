@@ -243,6 +243,54 @@ impl Journal {
         .await?)
     }
 
+    /// The API calls counted for a connector on a UTC day (`yyyy-mm-dd`):
+    /// (calls, vendor's used, vendor's max).
+    pub async fn api_usage(
+        &self,
+        connector: &str,
+        day: &str,
+    ) -> Result<Option<(u64, Option<u64>, Option<u64>)>, JournalError> {
+        let row: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT calls, server_used, server_max FROM api_usage WHERE connector = ? AND day = ?",
+        )
+        .bind(connector)
+        .bind(day)
+        .fetch_optional(&self.pool)
+        .await?;
+        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(row.map(|(calls, used, max)| (unsigned(calls), used.map(unsigned), max.map(unsigned))))
+    }
+
+    /// Store a connector's count for a day. The count only grows: a stale writer cannot lower it.
+    pub async fn save_api_usage(
+        &self,
+        connector: &str,
+        day: &str,
+        calls: u64,
+        server_used: Option<u64>,
+        server_max: Option<u64>,
+    ) -> Result<(), JournalError> {
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO api_usage (connector, day, calls, server_used, server_max, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (connector, day) DO UPDATE SET
+                 calls = MAX(api_usage.calls, excluded.calls),
+                 server_used = COALESCE(excluded.server_used, api_usage.server_used),
+                 server_max = COALESCE(excluded.server_max, api_usage.server_max),
+                 updated_at = excluded.updated_at",
+        )
+        .bind(connector)
+        .bind(day)
+        .bind(signed(calls))
+        .bind(server_used.map(signed))
+        .bind(server_max.map(signed))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Stop the writer after it has committed everything queued, then close every connection.
     pub async fn close(&self) {
         let (ack, done) = oneshot::channel();

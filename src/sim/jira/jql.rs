@@ -1,10 +1,20 @@
 //! The JQL the emulator understands: what polling, marker lookups and flow filters need.
 //!
 //! Fields: `project`, `key`/`issuekey`, `id`, `updated`, `created`, `duedate`, `status`,
-//! `priority`, `issuetype`/`type`, `labels`, `assignee`, `reporter`, and custom fields by id
-//! (`customfield_10050`, `cf[10050]`) or quoted name. Operators `= != > >= < <= IN, NOT IN, IS,
-//! IS NOT`; `AND`, `OR`, `NOT`, parentheses; `ORDER BY` field list. Anything else is refused with
-//! a 400 in Jira's error shape: never a silently wrong answer.
+//! `priority`, `issuetype`/`type`, `labels`, `assignee`, `reporter`, the free-text fields
+//! `summary`, `description`, `comment` and `text`, and custom fields by id (`customfield_10050`,
+//! `cf[10050]`) or quoted name. Operators `= != > >= < <= IN, NOT IN, IS, IS NOT` and the text
+//! search `~ !~`; `AND`, `OR`, `NOT`, parentheses; `ORDER BY` field list. Anything else is refused
+//! with a 400 in Jira's error shape: never a silently wrong answer.
+//!
+//! As in Jira Cloud, free-text fields (summary, description, comments, text custom fields) take
+//! only `~`, `!~`, `IS` and `IS NOT`: `summary = x` is a 400. Text search follows Jira's "search
+//! syntax for text fields": case-insensitive words, several terms joined by AND, a quoted phrase
+//! matches its words in sequence, `*`/`?` wildcards inside or at the end of a word, and a
+//! backslash makes the next character literal. Words are runs of letters and digits (Jira's
+//! analyzer drops punctuation, so a text match is never exact: clients filter exact values
+//! themselves). Not emulated: stemming, fuzzy `~`, boolean operators inside the search text —
+//! the last two are refused rather than answered wrongly.
 //!
 //! Dates follow JQL: `"yyyy-MM-dd HH:mm"`, `"yyyy/MM/dd HH:mm"`, `"yyyy-MM-dd"`, `"yyyy/MM/dd"`, or
 //! relative periods (`-15m`, `-1d`, `4w 2d`), interpreted in the caller's profile time zone —
@@ -152,6 +162,10 @@ pub enum Op {
     NotIn,
     Is,
     IsNot,
+    /// `~`: text search.
+    Contains,
+    /// `!~`.
+    NotContains,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +189,18 @@ enum Field {
     Labels,
     Assignee,
     Reporter,
+    /// A free-text system field, searched with `~`.
+    Text(TextField),
     Custom(String, FieldKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextField {
+    Summary,
+    Description,
+    Comment,
+    /// `text`: every text field of the issue at once.
+    All,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +208,8 @@ struct Clause {
     field: Field,
     op: Op,
     value: Value,
+    /// The parsed search text of a `~`/`!~` clause.
+    search: Option<TextQuery>,
 }
 
 #[derive(Debug, Clone)]
@@ -292,11 +319,8 @@ impl Parser<'_> {
             Some(Token::Op(">=")) => Op::Ge,
             Some(Token::Op("<")) => Op::Lt,
             Some(Token::Op("<=")) => Op::Le,
-            Some(Token::Op(op @ ("~" | "!~"))) => {
-                return Err(syntax(format!(
-                    "the '{op}' (text search) operator is not supported by this emulator."
-                )))
-            }
+            Some(Token::Op("~")) => Op::Contains,
+            Some(Token::Op("!~")) => Op::NotContains,
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("in") => Op::In,
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("is") => {
                 if keyword(self.peek(), "not") {
@@ -360,7 +384,25 @@ impl Parser<'_> {
             }
         };
         check_operator(&name, &field, op, &value)?;
-        Ok(Clause { field, op, value })
+        let search = match (&op, &value) {
+            (Op::Contains | Op::NotContains, Value::Text(text)) => {
+                Some(TextQuery::parse(text).map_err(|reason| {
+                    JiraError::new(
+                        400,
+                        format!(
+                            "The text query '{text}' for field '{name}' is not valid: {reason}"
+                        ),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Clause {
+            field,
+            op,
+            value,
+            search,
+        })
     }
 
     fn scalar(&mut self, field: &str) -> Result<String, JiraError> {
@@ -393,12 +435,10 @@ impl Parser<'_> {
             "labels" => Field::Labels,
             "assignee" => Field::Assignee,
             "reporter" => Field::Reporter,
-            "summary" | "description" | "text" | "comment" => {
-                return Err(syntax(format!(
-                    "the field '{name}' only takes the text search operator (~), which this \
-                     emulator does not support."
-                )))
-            }
+            "summary" => Field::Text(TextField::Summary),
+            "description" => Field::Text(TextField::Description),
+            "comment" => Field::Text(TextField::Comment),
+            "text" => Field::Text(TextField::All),
             _ => match self.store.custom_field(name) {
                 Some(f) => Field::Custom(f.id.clone(), f.kind),
                 None => {
@@ -444,7 +484,13 @@ fn check_operator(name: &str, field: &Field, op: Op, value: &Value) -> Result<()
             | Field::Status
             | Field::IssueType
     );
+    // Jira's free-text fields (and text custom fields) take only `~ !~ IS IS NOT`, and only
+    // they take `~`.
+    let textual = matches!(field, Field::Text(_) | Field::Custom(_, FieldKind::String));
+    let text_op = matches!(op, Op::Contains | Op::NotContains);
     let allowed = match op {
+        _ if textual => text_op || matches!(op, Op::Is | Op::IsNot),
+        _ if text_op => false,
         _ if ordered => comparable,
         Op::Is | Op::IsNot => emptiable,
         _ => !matches!(value, Value::Empty) || emptiable,
@@ -463,6 +509,8 @@ fn check_operator(name: &str, field: &Field, op: Op, value: &Value) -> Result<()
             Op::NotIn => "not in",
             Op::Is => "is",
             Op::IsNot => "is not",
+            Op::Contains => "~",
+            Op::NotContains => "!~",
         };
         Err(JiraError::new(
             400,
@@ -826,6 +874,7 @@ fn eval_clause(clause: &Clause, issue: &Issue, store: &Store, now: DateTime<Utc>
                 .unwrap_or_default()
         }
         Field::Updated | Field::Created | Field::DueDate => Vec::new(),
+        Field::Text(which) => text_values(*which, issue, store),
         Field::Custom(id, _) => issue
             .custom
             .get(id)
@@ -875,8 +924,13 @@ fn eval_clause(clause: &Clause, issue: &Issue, store: &Store, now: DateTime<Utc>
             .and_then(|(n, v)| n.partial_cmp(&v))
     };
     match (clause.op, &clause.value) {
-        (Op::Is, _) | (Op::Eq, Value::Empty) => is_empty,
-        (Op::IsNot, _) | (Op::Ne, Value::Empty) => !is_empty,
+        (Op::Is, _) | (Op::Eq | Op::Contains, Value::Empty) => is_empty,
+        (Op::IsNot, _) | (Op::Ne | Op::NotContains, Value::Empty) => !is_empty,
+        (Op::Contains, _) => clause.search.as_ref().is_some_and(|q| q.matches(&actual)),
+        // Like Jira, `!~` does not select issues whose field is empty.
+        (Op::NotContains, _) => {
+            !is_empty && !clause.search.as_ref().is_some_and(|q| q.matches(&actual))
+        }
         (Op::Eq, _) | (Op::In, _) => wanted.iter().any(|w| equals(w)),
         (Op::Ne, _) | (Op::NotIn, _) => !is_empty && !wanted.iter().any(|w| equals(w)),
         (Op::Gt, _) => wanted.first().and_then(|w| compare(w)) == Some(Ordering::Greater),
@@ -890,6 +944,224 @@ fn eval_clause(clause: &Clause, issue: &Issue, store: &Store, now: DateTime<Utc>
             Some(Ordering::Less | Ordering::Equal)
         ),
     }
+}
+
+/// The text of a free-text field (all of them for `text`), as the index would see it.
+fn text_values(which: TextField, issue: &Issue, store: &Store) -> Vec<String> {
+    let summary = || vec![issue.summary.clone()];
+    let description = || {
+        issue
+            .description
+            .as_ref()
+            .map(|d| vec![crate::adf::to_text(d)])
+            .unwrap_or_default()
+    };
+    let comments = || {
+        issue
+            .comments
+            .iter()
+            .map(|c| crate::adf::to_text(&c.body))
+            .collect::<Vec<_>>()
+    };
+    let mut out = match which {
+        TextField::Summary => summary(),
+        TextField::Description => description(),
+        TextField::Comment => comments(),
+        TextField::All => {
+            let mut all = summary();
+            all.extend(description());
+            all.extend(comments());
+            all.extend(
+                store
+                    .custom_fields
+                    .iter()
+                    .filter(|f| f.kind == FieldKind::String)
+                    .filter_map(|f| issue.custom.get(&f.id))
+                    .filter_map(|v| v.as_str().map(str::to_string)),
+            );
+            all
+        }
+    };
+    out.retain(|t| !t.is_empty());
+    out
+}
+
+/// One term of a text search: the words of a phrase (or of a plain term, which the analyzer
+/// splits the same way), or a wildcard pattern matched against single words.
+#[derive(Debug, Clone, PartialEq)]
+enum TextTerm {
+    Phrase(Vec<String>),
+    Wildcard(Vec<PatternChar>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PatternChar {
+    Literal(char),
+    /// `?`
+    One,
+    /// `*`
+    Any,
+}
+
+/// The search text of a `~` clause (after JQL string unescaping), parsed once.
+#[derive(Debug, Clone, PartialEq)]
+struct TextQuery {
+    terms: Vec<TextTerm>,
+}
+
+/// Words as Jira's analyzer indexes them: runs of letters and digits, case-folded.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+impl TextQuery {
+    fn parse(text: &str) -> Result<TextQuery, String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut terms = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c.is_whitespace() {
+                i += 1;
+                continue;
+            }
+            if c == '"' {
+                // A phrase: its words in sequence; wildcards inside a phrase are literal text,
+                // as Jira does not support them there.
+                let mut phrase = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err("the phrase is not closed with '\"'.".into()),
+                        Some('\\') => {
+                            let escaped = chars
+                                .get(i + 1)
+                                .ok_or("the search text ends in an escape character.")?;
+                            phrase.push(*escaped);
+                            i += 2;
+                        }
+                        Some('"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(&other) => {
+                            phrase.push(other);
+                            i += 1;
+                        }
+                    }
+                }
+                terms.push(TextTerm::Phrase(words(&phrase)));
+                continue;
+            }
+            // A single term, up to whitespace or an opening quote.
+            let start = i;
+            let mut pattern = Vec::new();
+            let mut wildcard = false;
+            while i < chars.len() && !chars[i].is_whitespace() && chars[i] != '"' {
+                let c = chars[i];
+                match c {
+                    '\\' => {
+                        let escaped = chars
+                            .get(i + 1)
+                            .ok_or("the search text ends in an escape character.")?;
+                        pattern.push(PatternChar::Literal(*escaped));
+                        i += 2;
+                        continue;
+                    }
+                    '*' | '?' if i == start => {
+                        return Err(format!(
+                            "'{c}' is not allowed as the first character of a search term."
+                        ))
+                    }
+                    '*' => {
+                        wildcard = true;
+                        pattern.push(PatternChar::Any);
+                    }
+                    '?' => {
+                        wildcard = true;
+                        pattern.push(PatternChar::One);
+                    }
+                    '+' | '-' | '!' if i == start => {
+                        return Err(format!(
+                            "the '{c}' operator is not supported by this emulator; escape it \
+                             with '\\' to search for it."
+                        ))
+                    }
+                    '&' | '|' | '(' | ')' | '{' | '}' | '[' | ']' | '^' | '~' | ':' | '/' => {
+                        return Err(format!(
+                            "the reserved character '{c}' must be escaped with '\\' (this \
+                             emulator does not support it as an operator)."
+                        ))
+                    }
+                    other => pattern.push(PatternChar::Literal(other)),
+                }
+                i += 1;
+            }
+            let raw: String = chars[start..i].iter().collect();
+            if matches!(raw.as_str(), "AND" | "OR" | "NOT" | "&&" | "||") {
+                return Err(format!(
+                    "the boolean operator '{raw}' is not supported by this emulator."
+                ));
+            }
+            if wildcard {
+                let pattern = pattern
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        PatternChar::Literal(c) => c
+                            .to_lowercase()
+                            .map(PatternChar::Literal)
+                            .collect::<Vec<_>>(),
+                        other => vec![other],
+                    })
+                    .collect();
+                terms.push(TextTerm::Wildcard(pattern));
+            } else {
+                let literal: String = pattern
+                    .iter()
+                    .filter_map(|p| match p {
+                        PatternChar::Literal(c) => Some(*c),
+                        _ => None,
+                    })
+                    .collect();
+                terms.push(TextTerm::Phrase(words(&literal)));
+            }
+        }
+        // A term of punctuation only indexes as nothing and constrains nothing (unconfirmed:
+        // Jira may refuse such a query instead).
+        terms.retain(|t| !matches!(t, TextTerm::Phrase(w) if w.is_empty()));
+        Ok(TextQuery { terms })
+    }
+
+    /// Every term is found in one of `values` (terms are joined by AND). A search with no
+    /// words matches nothing.
+    fn matches(&self, values: &[String]) -> bool {
+        if self.terms.is_empty() {
+            return false;
+        }
+        let indexed: Vec<Vec<String>> = values.iter().map(|v| words(v)).collect();
+        self.terms.iter().all(|term| {
+            indexed.iter().any(|w| match term {
+                TextTerm::Phrase(phrase) => w.windows(phrase.len()).any(|window| window == phrase),
+                TextTerm::Wildcard(pattern) => w.iter().any(|word| glob(pattern, word)),
+            })
+        })
+    }
+}
+
+fn glob(pattern: &[PatternChar], word: &str) -> bool {
+    let word: Vec<char> = word.chars().collect();
+    fn at(p: &[PatternChar], w: &[char]) -> bool {
+        match p.split_first() {
+            None => w.is_empty(),
+            Some((PatternChar::Any, rest)) => (0..=w.len()).any(|skip| at(rest, &w[skip..])),
+            Some((PatternChar::One, rest)) => !w.is_empty() && at(rest, &w[1..]),
+            Some((PatternChar::Literal(c), rest)) => w.first() == Some(c) && at(rest, &w[1..]),
+        }
+    }
+    at(pattern, &word)
 }
 
 #[cfg(test)]
@@ -964,7 +1236,7 @@ mod tests {
         );
         assert_eq!(keys("labels = urgent", &s), ["SUP-2"]);
         assert_eq!(keys("labels IS EMPTY", &s), ["OPS-1"]);
-        assert_eq!(keys("cf[10050] = \"500A\"", &s), ["SUP-1"]);
+        assert_eq!(keys("cf[10050] ~ \"500A\"", &s), ["SUP-1"]);
         assert_eq!(
             keys("\"Salesforce Case Id\" IS NOT EMPTY ORDER BY key", &s),
             ["OPS-1", "SUP-1"]
@@ -992,7 +1264,8 @@ mod tests {
         assert!(error("project = NOPE", &s)
             .contains("The value 'NOPE' does not exist for the field 'project'."));
         assert!(error("colour = red", &s).contains("Field 'colour' does not exist"));
-        assert!(error("summary ~ printer", &s).contains("emulator does not support"));
+        assert!(error("summary = printer", &s)
+            .contains("The operator '=' is not supported by the 'summary' field."));
         assert!(error("assignee = currentUser()", &s)
             .contains("Unable to find JQL function 'currentUser()'"));
         assert!(error("updated >= \"15/01/2024\"", &s)
@@ -1011,7 +1284,7 @@ mod tests {
     #[test]
     fn quoted_values_take_escapes_and_relative_dates_are_periods() {
         let s = site();
-        assert!(parse(r#"cf[10050] = "a \"quoted\" \\ value""#, &s).is_ok());
+        assert!(parse(r#"cf[10050] ~ "a \"quoted\" \\ value""#, &s).is_ok());
         assert_eq!(relative("-15m"), Some(Duration::minutes(-15)));
         assert_eq!(relative("4w 2d"), Some(Duration::days(30)));
         assert_eq!(relative("soon"), None);
@@ -1026,5 +1299,136 @@ mod tests {
         let s = site();
         assert!(!parse("ORDER BY key DESC", &s).unwrap().is_bounded());
         assert!(parse("project = SUP", &s).unwrap().is_bounded());
+    }
+
+    fn site_with_markers(markers: &[&str]) -> Store {
+        let mut s = Store::new("http://sim".into(), "sim@example.com", "t");
+        s.seed_default();
+        for (i, marker) in markers.iter().enumerate() {
+            let fields = json!({"project":{"key":"SUP"},"issuetype":{"name":"Task"},
+                "summary": format!("issue {i}"), "customfield_10050": marker});
+            s.create_issue(Api::V2, ACTOR, &json!({ "fields": fields }))
+                .unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn free_text_fields_refuse_equality_like_jira_cloud() {
+        let s = site();
+        for (jql, op, field) in [
+            ("summary = printer", "=", "summary"),
+            ("description != x", "!=", "description"),
+            ("cf[10050] = \"500A\"", "=", "customfield_10050"),
+            (
+                "\"Salesforce Case Id\" in (a, b)",
+                "in",
+                "Salesforce Case Id",
+            ),
+            ("project ~ SUP", "~", "project"),
+            ("labels !~ hw", "!~", "labels"),
+        ] {
+            assert!(
+                error(jql, &s).contains(&format!(
+                    "The operator '{op}' is not supported by the '{field}' field."
+                )),
+                "{jql}: {}",
+                error(jql, &s)
+            );
+        }
+        // Emptiness checks stay valid on text fields.
+        assert_eq!(keys("cf[10050] IS EMPTY", &s), ["SUP-2"]);
+    }
+
+    #[test]
+    fn text_search_matches_words_case_insensitively_and_joins_terms_with_and() {
+        let s = site();
+        assert_eq!(keys("summary ~ PRINTER", &s), ["SUP-1"]);
+        assert_eq!(keys("text ~ \"500c\"", &s), ["OPS-1"]);
+        assert_eq!(keys("summary ~ \"print*\"", &s), ["SUP-1"]);
+        assert_eq!(keys("summary ~ \"l?ptop\"", &s), ["SUP-2"]);
+        assert_eq!(
+            keys("summary !~ printer ORDER BY key", &s),
+            ["OPS-1", "SUP-2"]
+        );
+        let s = site_with_markers(&["alpha beta", "beta gamma alpha"]);
+        // Plain terms: all words, any order.
+        assert_eq!(
+            keys("cf[10050] ~ \"alpha beta\" ORDER BY key", &s),
+            ["SUP-1", "SUP-2"]
+        );
+        // A quoted phrase: the words in sequence.
+        assert_eq!(keys(r#"cf[10050] ~ "\"alpha beta\"""#, &s), ["SUP-1"]);
+        assert_eq!(keys(r#"cf[10050] ~ "\"gamma alpha\"""#, &s), ["SUP-2"]);
+    }
+
+    #[test]
+    fn escaped_special_characters_are_literal_text() {
+        let s = site_with_markers(&[") OR 1=1 --", "a*b", "a+b", "OR 1 1 x"]);
+        // Escaped reserved characters parse; punctuation is not indexed, so the phrase matches
+        // every value with the same words (clients must compare exactly themselves).
+        assert_eq!(
+            keys(r#"cf[10050] ~ "\"\\) OR 1=1 \\-\\-\"" ORDER BY key"#, &s),
+            ["SUP-1", "SUP-4"]
+        );
+        assert_eq!(
+            keys(r#"cf[10050] ~ "\"a\\*b\"" ORDER BY key"#, &s),
+            ["SUP-2", "SUP-3"]
+        );
+        assert_eq!(
+            keys(r#"cf[10050] ~ "a\\+b" ORDER BY key"#, &s),
+            ["SUP-2", "SUP-3"]
+        );
+        // An escaped wildcard is not a wildcard.
+        assert!(keys(r#"cf[10050] ~ "o\\*""#, &s).is_empty());
+        assert_eq!(
+            keys(r#"cf[10050] ~ "o*" ORDER BY key"#, &s),
+            ["SUP-1", "SUP-4"]
+        );
+    }
+
+    #[test]
+    fn unsupported_or_broken_search_text_is_refused() {
+        let s = site();
+        for (jql, expected) in [
+            (r#"summary ~ "*rinter""#, "first character"),
+            (r#"summary ~ "-printer""#, "not supported by this emulator"),
+            (r#"summary ~ "a OR b""#, "boolean operator 'OR'"),
+            (r#"summary ~ "a:b""#, "must be escaped"),
+            (r#"summary ~ "\"open phrase""#, "not closed"),
+            (r#"summary ~ "a\\""#, "ends in an escape character"),
+        ] {
+            let message = error(jql, &s);
+            assert!(message.contains(expected), "{jql}: {message}");
+            assert!(
+                message.contains("is not valid") || message.contains("first"),
+                "{jql}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_query_parser_builds_terms() {
+        assert_eq!(
+            TextQuery::parse(r#"Hello "big World" wi*95 \-x"#)
+                .unwrap()
+                .terms,
+            vec![
+                TextTerm::Phrase(vec!["hello".into()]),
+                TextTerm::Phrase(vec!["big".into(), "world".into()]),
+                TextTerm::Wildcard(vec![
+                    PatternChar::Literal('w'),
+                    PatternChar::Literal('i'),
+                    PatternChar::Any,
+                    PatternChar::Literal('9'),
+                    PatternChar::Literal('5'),
+                ]),
+                TextTerm::Phrase(vec!["x".into()]),
+            ]
+        );
+        // Nothing but punctuation: no words, matches nothing.
+        assert!(!TextQuery::parse(r#""\-\-""#)
+            .unwrap()
+            .matches(&["--".to_string()]));
     }
 }

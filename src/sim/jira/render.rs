@@ -260,6 +260,17 @@ pub fn issue(
         }
         out.insert("names".into(), Value::Object(names));
     }
+    if expand.contains(&"transitions") {
+        // The transitions available from the issue's current status, as the transitions
+        // endpoint lists them.
+        let list: Vec<Value> = store
+            .available_transitions(issue.id)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| transition(store, t))
+            .collect();
+        out.insert("transitions".into(), Value::Array(list));
+    }
     if expand.contains(&"changelog") {
         let histories: Vec<Value> = issue
             .changelog

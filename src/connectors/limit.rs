@@ -1,0 +1,406 @@
+//! Per-connector traffic control: a request rate with a burst (governor), a cap on requests in
+//! flight, a pause that stops all traffic after the vendor says "too many", and a daily budget.
+//!
+//! The budget is counted here in memory and persisted by the application (`api_usage`, see
+//! `app`): connectors never touch the database. What the vendor reports about its own count
+//! (`Sforce-Limit-Info`, Jira's `X-RateLimit-*`) caps what is left, so other integrations
+//! spending the same org allowance are accounted for.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::{ConnectorError, ErrorKind};
+use crate::config::LimitSettings;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub connector: String,
+    /// The HTTP status (`200`, `429`), or `error` when no answer came.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectorLabel {
+    pub connector: String,
+}
+
+/// Counters every connector updates; `/metrics` registers the same handles.
+#[derive(Debug, Clone, Default)]
+pub struct CallStats {
+    /// Vendor calls by connector and HTTP status.
+    pub calls: Family<CallLabels, Counter>,
+    /// Times a connector was paused by the vendor (429, `REQUEST_LIMIT_EXCEEDED`, quota at 0).
+    pub pauses: Family<ConnectorLabel, Counter>,
+}
+
+/// The budget as `/metrics` and the API show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaSnapshot {
+    /// The UTC day the counts are for, `yyyy-mm-dd`.
+    pub day: String,
+    /// Calls Tandem made today.
+    pub used: u64,
+    /// Tandem's budget for today: `daily_budget`, or `daily_budget_share` of the vendor's
+    /// allowance once the vendor has reported it, whichever is smaller.
+    pub budget: Option<u64>,
+    /// Calls left: the smaller of what the budget leaves and what the vendor says is left.
+    pub remaining: Option<u64>,
+    /// The vendor's own count and allowance, as last reported.
+    pub server_used: Option<u64>,
+    pub server_max: Option<u64>,
+    /// How long traffic stays paused, if it is.
+    pub paused_for: Option<Duration>,
+}
+
+/// A day's count to persist (see [`Limiter::take_unsaved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub day: String,
+    pub calls: u64,
+    pub server_used: Option<u64>,
+    pub server_max: Option<u64>,
+}
+
+struct State {
+    paused_until: Option<Instant>,
+    day: NaiveDate,
+    used: u64,
+    server_used: Option<u64>,
+    server_max: Option<u64>,
+    unsaved: bool,
+}
+
+/// One per connector; every call to the vendor goes through [`Limiter::acquire`].
+pub struct Limiter {
+    connector: String,
+    rate: DefaultDirectRateLimiter,
+    slots: Arc<Semaphore>,
+    daily_budget: Option<u64>,
+    daily_share: Option<f64>,
+    /// A caller waits out a pause this short; a longer one fails fast so the work waits in the
+    /// journal instead of in memory.
+    max_wait: Duration,
+    state: Mutex<State>,
+    stats: CallStats,
+}
+
+/// Held while a request is in flight (the concurrency slot).
+pub struct Permit {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Limiter {
+    pub fn new(connector: &str, limits: &LimitSettings, stats: CallStats) -> Limiter {
+        // Validated in config: rate > 0, burst >= 1, concurrency >= 1.
+        let period =
+            Duration::from_secs_f64(1.0 / limits.requests_per_second).max(Duration::from_nanos(1));
+        let burst = limits
+            .burst
+            .unwrap_or_else(|| limits.requests_per_second.ceil().max(1.0) as u32);
+        let quota = Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(NonZeroU32::new(burst.max(1)).expect("at least 1"));
+        Limiter {
+            connector: connector.to_string(),
+            rate: RateLimiter::direct(quota),
+            slots: Arc::new(Semaphore::new(limits.max_concurrency.max(1) as usize)),
+            daily_budget: limits.daily_budget,
+            daily_share: limits.daily_budget_share,
+            max_wait: limits.timeout,
+            state: Mutex::new(State {
+                paused_until: None,
+                day: today(),
+                used: 0,
+                server_used: None,
+                server_max: None,
+                unsaved: false,
+            }),
+            stats,
+        }
+    }
+
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is plain numbers: a panic elsewhere cannot leave it inconsistent.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let day = today();
+        if state.day != day {
+            state.day = day;
+            state.used = 0;
+            state.unsaved = true;
+        }
+        state
+    }
+
+    /// Wait for the right to make one call: not paused, budget left, rate and a slot available.
+    /// Counts the call against today's budget.
+    pub async fn acquire(&self, operation: &str) -> Result<Permit, ConnectorError> {
+        loop {
+            let wait = {
+                let state = self.state();
+                state
+                    .paused_until
+                    .and_then(|until| until.checked_duration_since(Instant::now()))
+            };
+            match wait {
+                None => break,
+                Some(wait) if wait <= self.max_wait => tokio::time::sleep(wait).await,
+                Some(wait) => {
+                    return Err(ConnectorError::new(
+                        &self.connector,
+                        operation,
+                        ErrorKind::RateLimited,
+                        format!(
+                            "paused by the vendor's rate limit for {}s more",
+                            wait.as_secs()
+                        ),
+                    )
+                    .with_retry_after(wait))
+                }
+            }
+        }
+        {
+            // Only Tandem's own budget refuses here. The vendor's count is advisory: it is only
+            // refreshed by answers, so refusing on it would never recover. When the vendor is
+            // really out, its refusal (429, `REQUEST_LIMIT_EXCEEDED`, a quota at 0 with a reset
+            // time) pauses the connector, and the first call after the pause is the probe.
+            let state = self.state();
+            if let Some(budget) = self.budget(&state).filter(|b| state.used >= *b) {
+                return Err(ConnectorError::new(
+                    &self.connector,
+                    operation,
+                    ErrorKind::Budget,
+                    format!("today's budget of {budget} calls is spent"),
+                )
+                .with_retry_after(until_midnight()));
+            }
+        }
+        self.rate.until_ready().await;
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let mut state = self.state();
+        state.used += 1;
+        state.unsaved = true;
+        Ok(Permit { _slot: slot })
+    }
+
+    /// Stop all traffic for `duration` (the longest pause asked for wins).
+    pub fn pause(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut state = self.state();
+        if state.paused_until.is_none_or(|current| current < until) {
+            state.paused_until = Some(until);
+        }
+        drop(state);
+        self.stats
+            .pauses
+            .get_or_create(&ConnectorLabel {
+                connector: self.connector.clone(),
+            })
+            .inc();
+        tracing::warn!(
+            connector = %self.connector,
+            seconds = duration.as_secs_f64(),
+            "vendor rate limit: pausing all calls"
+        );
+    }
+
+    /// Count one answer (or `None` for no answer) in `/metrics`.
+    pub fn count_call(&self, status: Option<u16>) {
+        self.stats
+            .calls
+            .get_or_create(&CallLabels {
+                connector: self.connector.clone(),
+                status: status.map_or_else(|| "error".to_string(), |s| s.to_string()),
+            })
+            .inc();
+    }
+
+    /// What the vendor says about its own count: `used` of `max`.
+    pub fn observe_server_usage(&self, used: u64, max: u64) {
+        let mut state = self.state();
+        if state.server_used != Some(used) || state.server_max != Some(max) {
+            state.server_used = Some(used);
+            state.server_max = Some(max);
+            state.unsaved = true;
+        }
+    }
+
+    fn budget(&self, state: &State) -> Option<u64> {
+        let share = self
+            .daily_share
+            .zip(state.server_max)
+            .map(|(share, max)| (share * max as f64).floor() as u64);
+        match (self.daily_budget, share) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn remaining(&self, state: &State) -> Option<u64> {
+        let own = self.budget(state).map(|b| b.saturating_sub(state.used));
+        let server = state
+            .server_max
+            .zip(state.server_used)
+            .map(|(max, used)| max.saturating_sub(used));
+        match (own, server) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn snapshot(&self) -> QuotaSnapshot {
+        let state = self.state();
+        QuotaSnapshot {
+            day: state.day.to_string(),
+            used: state.used,
+            budget: self.budget(&state),
+            remaining: self.remaining(&state),
+            server_used: state.server_used,
+            server_max: state.server_max,
+            paused_for: state
+                .paused_until
+                .and_then(|until| until.checked_duration_since(Instant::now())),
+        }
+    }
+
+    /// Start from what was persisted for `day` (ignored unless it is today).
+    pub fn restore(&self, usage: &Usage) {
+        let mut state = self.state();
+        if usage.day == state.day.to_string() {
+            state.used = state.used.max(usage.calls);
+            state.server_used = state.server_used.or(usage.server_used);
+            state.server_max = state.server_max.or(usage.server_max);
+        }
+    }
+
+    /// Today's count if it changed since the last call, for the application to persist.
+    pub fn take_unsaved(&self) -> Option<Usage> {
+        let mut state = self.state();
+        if !state.unsaved {
+            return None;
+        }
+        state.unsaved = false;
+        Some(Usage {
+            day: state.day.to_string(),
+            calls: state.used,
+            server_used: state.server_used,
+            server_max: state.server_max,
+        })
+    }
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn until_midnight() -> Duration {
+    let now = Utc::now();
+    let midnight = (now.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc();
+    (midnight - now).to_std().unwrap_or(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(budget: Option<u64>, share: Option<f64>) -> LimitSettings {
+        LimitSettings {
+            requests_per_second: 1000.0,
+            daily_budget: budget,
+            daily_budget_share: share,
+            ..LimitSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_refuses_until_midnight() {
+        let limiter = Limiter::new("sf", &limits(Some(2), None), CallStats::default());
+        limiter.acquire("a").await.unwrap();
+        limiter.acquire("b").await.unwrap();
+        let error = limiter.acquire("c").await.err().unwrap();
+        assert_eq!(error.kind, ErrorKind::Budget);
+        assert!(error.retry_after.unwrap() <= Duration::from_secs(86_400));
+        assert_eq!(limiter.snapshot().remaining, Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_share_of_the_vendor_allowance_is_the_budget_once_reported() {
+        let limiter = Limiter::new("sf", &limits(None, Some(0.5)), CallStats::default());
+        assert_eq!(limiter.snapshot().budget, None);
+        limiter.observe_server_usage(10, 100);
+        let snap = limiter.snapshot();
+        assert_eq!(snap.budget, Some(50));
+        assert_eq!(snap.remaining, Some(50));
+        // Other integrations spending the org's calls leave less than our share.
+        limiter.observe_server_usage(95, 100);
+        assert_eq!(limiter.snapshot().remaining, Some(5));
+        // The vendor's count never blocks by itself: only answers refresh it, so a block on it
+        // could never lift. The vendor's refusal pauses the connector instead.
+        limiter.observe_server_usage(100, 100);
+        assert_eq!(limiter.snapshot().remaining, Some(0));
+        limiter.acquire("probe").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_long_pause_fails_fast_and_a_short_one_is_waited_out() {
+        let mut settings = limits(None, None);
+        settings.timeout = Duration::from_millis(200);
+        let limiter = Limiter::new("jira", &settings, CallStats::default());
+        limiter.pause(Duration::from_secs(60));
+        let error = limiter.acquire("x").await.err().unwrap();
+        assert_eq!(error.kind, ErrorKind::RateLimited);
+        assert!(error.retry_after.unwrap() > Duration::from_secs(50));
+
+        let limiter = Limiter::new("jira", &settings, CallStats::default());
+        limiter.pause(Duration::from_millis(50));
+        let started = Instant::now();
+        limiter.acquire("x").await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(45));
+    }
+
+    #[tokio::test]
+    async fn restored_usage_counts_only_for_today_and_unsaved_is_reported_once() {
+        let limiter = Limiter::new("sf", &limits(Some(100), None), CallStats::default());
+        limiter.restore(&Usage {
+            day: "2000-01-01".into(),
+            calls: 99,
+            server_used: None,
+            server_max: None,
+        });
+        assert_eq!(limiter.snapshot().used, 0);
+        let day = limiter.snapshot().day;
+        limiter.restore(&Usage {
+            day: day.clone(),
+            calls: 40,
+            server_used: None,
+            server_max: None,
+        });
+        limiter.acquire("x").await.unwrap();
+        let usage = limiter.take_unsaved().unwrap();
+        assert_eq!((usage.day, usage.calls), (day, 41));
+        assert_eq!(limiter.take_unsaved(), None);
+    }
+}
