@@ -189,6 +189,7 @@ async fn flush_usage_until(connectors: Connectors, journal: Journal, stop: Cance
                     )
                     .await
                 {
+                    connector.limiter().mark_unsaved();
                     tracing::warn!(connector = %name, %error, "could not save API usage");
                 }
             }

@@ -103,6 +103,8 @@ pub struct Metrics {
     quota_budget: Family<ConnectorLabels, Gauge>,
     vendor_quota_used: Family<ConnectorLabels, Gauge>,
     vendor_quota_max: Family<ConnectorLabels, Gauge>,
+    vendor_window_remaining: Family<ConnectorLabels, Gauge>,
+    vendor_window_limit: Family<ConnectorLabels, Gauge>,
     paused_seconds: Family<ConnectorLabels, Gauge<f64, AtomicU64>>,
 }
 
@@ -148,6 +150,16 @@ impl Metrics {
             &mut registry,
             "connector_vendor_quota_max",
             "The vendor's allowance, as last reported",
+        );
+        let vendor_window_remaining = gauge(
+            &mut registry,
+            "connector_vendor_window_remaining",
+            "Calls left in the vendor's current rate-limit window (Jira X-RateLimit-Remaining)",
+        );
+        let vendor_window_limit = gauge(
+            &mut registry,
+            "connector_vendor_window_limit",
+            "The vendor's rate-limit window size (Jira X-RateLimit-Limit)",
         );
         let paused_seconds = Family::<ConnectorLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -226,6 +238,8 @@ impl Metrics {
             quota_budget,
             vendor_quota_used,
             vendor_quota_max,
+            vendor_window_remaining,
+            vendor_window_limit,
             paused_seconds,
         }
     }
@@ -276,6 +290,8 @@ impl Metrics {
             set(&self.quota_budget, quota.budget);
             set(&self.vendor_quota_used, quota.server_used);
             set(&self.vendor_quota_max, quota.server_max);
+            set(&self.vendor_window_remaining, quota.window_remaining);
+            set(&self.vendor_window_limit, quota.window_limit);
             self.paused_seconds
                 .get_or_create(&labels)
                 .set(quota.paused_for.map_or(0.0, |d| d.as_secs_f64()));

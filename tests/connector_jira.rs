@@ -574,14 +574,16 @@ async fn the_servers_quota_headers_are_observed_and_a_spent_quota_pauses() {
     jira.check().await.unwrap();
     let snapshot = jira.http().limiter().snapshot();
     assert_eq!(
-        (snapshot.server_used, snapshot.server_max),
-        (Some(1), Some(3))
+        (snapshot.window_remaining, snapshot.window_limit),
+        (Some(2), Some(3))
     );
+    // A window quota is not a daily allowance: it never feeds the daily budget.
+    assert_eq!((snapshot.server_used, snapshot.server_max), (None, None));
     jira.check().await.unwrap();
     jira.check().await.unwrap();
     // Remaining 0 with a reset time: paused until then, so the next call fails fast.
     let snapshot = jira.http().limiter().snapshot();
-    assert_eq!(snapshot.server_used, Some(3));
+    assert_eq!(snapshot.window_remaining, Some(0));
     assert!(snapshot.paused_for.is_some());
     let started = Instant::now();
     expect_err(jira.check().await, ErrorKind::RateLimited);

@@ -462,18 +462,21 @@ async fn changed_since_pages_to_the_end_without_gaps_or_repeats() {
         .await
         .unwrap();
     assert!(!page.records.is_empty());
-    assert!(page.records.iter().all(|r| r.modified_at >= last.0));
+    // The datetime literal is whole seconds: the window starts at the second, never later.
+    let second = last.0.div_euclid(1000) * 1000;
+    assert!(page.records.iter().all(|r| r.modified_at >= second));
     let page = env
         .client
         .changed_since(
             "Case",
             Some("Status = 'Working' OR Status = 'New'"),
-            Some(last.0 + 1),
+            Some(second + 1000),
             &[],
             None,
         )
         .await
         .unwrap();
+    // Nothing was modified in a later second than the last record.
     assert!(page.records.is_empty());
     assert_eq!(page.next, None);
 }

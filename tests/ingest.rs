@@ -227,6 +227,16 @@ async fn jira_webhooks_are_verified_stored_once_and_refused_cleanly() {
         assert!(error["error"]["message"].as_str().unwrap().len() > 3);
     }
     assert_eq!(changes(&app.journal).await.len(), 2);
+    // Past the body limit: refused before any parsing, and counted.
+    let response = app
+        .client
+        .post(app.url("/webhooks/jira"))
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(changes(&app.journal).await.len(), 2);
 
     let text = metrics(&app).await;
     for line in [
@@ -234,6 +244,7 @@ async fn jira_webhooks_are_verified_stored_once_and_refused_cleanly() {
         r#"tandem_webhook_requests_total{connector="jira",result="duplicate"} 1"#,
         r#"tandem_webhook_requests_total{connector="jira",result="unauthorized"} 2"#,
         r#"tandem_webhook_requests_total{connector="jira",result="bad_request"} 1"#,
+        r#"tandem_webhook_requests_total{connector="jira",result="too_large"} 1"#,
         r#"tandem_changes_ingested_total{connector="jira",origin="webhook"} 2"#,
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");

@@ -57,6 +57,11 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // Outside the body limit, which answers 413 itself before any handler runs.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            webhooks::count_oversized,
+        ))
         .layer(MapResponseLayer::new(
             error::json_error_bodies::<tower_http::limit::ResponseBody<axum::body::Body>>,
         ))

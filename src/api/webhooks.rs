@@ -58,11 +58,10 @@ async fn handle(
         Ok(body) => body,
         Err(rejection) => {
             let status = rejection.status();
-            count(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                WebhookResult::too_large
-            } else {
-                WebhookResult::bad_request
-            });
+            // 413s are counted by `count_oversized`, whichever layer answers them.
+            if status != StatusCode::PAYLOAD_TOO_LARGE {
+                count(WebhookResult::bad_request);
+            }
             return Err(ApiError::new(status, "bad_body", rejection.body_text()));
         }
     };
@@ -126,6 +125,33 @@ async fn handle(
         )
             .into_response(),
     })
+}
+
+/// Count webhook bodies refused for size. The body limit answers a too-long `Content-Length`
+/// before routing, so the handler never sees those; this layer sits outside it and sees both.
+pub async fn count_oversized(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let connector = request
+        .uri()
+        .path()
+        .strip_prefix("/webhooks/")
+        .map(|rest| rest.split('/').next().unwrap_or_default().to_string());
+    let response = next.run(request).await;
+    if let Some(name) = connector {
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // Only a configured name becomes a label: the path is caller-controlled.
+            let label = if state.connectors.get(&name).is_some() {
+                name.as_str()
+            } else {
+                "unknown"
+            };
+            state.metrics.count_webhook(label, WebhookResult::too_large);
+        }
+    }
+    response
 }
 
 /// The answer an Outbound Message sender needs to stop retrying.

@@ -180,7 +180,12 @@ impl ConnectorSettings {
             ));
         }
         if let Some(share) = limits.daily_budget_share {
-            if !(share > 0.0 && share <= 1.0) {
+            if self.kind() == ConnectorKind::Jira {
+                problems.push((
+                    "limits.daily_budget_share".into(),
+                    "Jira reports no daily allowance to take a share of; set daily_budget".into(),
+                ));
+            } else if !(share > 0.0 && share <= 1.0) {
                 problems.push((
                     "limits.daily_budget_share".into(),
                     format!("{share} is not a share in (0, 1]"),

@@ -56,6 +56,10 @@ pub struct QuotaSnapshot {
     /// The vendor's own count and allowance, as last reported.
     pub server_used: Option<u64>,
     pub server_max: Option<u64>,
+    /// A windowed vendor quota (Jira's `X-RateLimit-Remaining` of `X-RateLimit-Limit`), as
+    /// last reported; separate from the daily figures.
+    pub window_remaining: Option<u64>,
+    pub window_limit: Option<u64>,
     /// How long traffic stays paused, if it is.
     pub paused_for: Option<Duration>,
 }
@@ -75,6 +79,7 @@ struct State {
     used: u64,
     server_used: Option<u64>,
     server_max: Option<u64>,
+    window: Option<(u64, u64)>,
     unsaved: bool,
 }
 
@@ -121,6 +126,7 @@ impl Limiter {
                 used: 0,
                 server_used: None,
                 server_max: None,
+                window: None,
                 unsaved: false,
             }),
             stats,
@@ -151,6 +157,46 @@ impl Limiter {
     /// Counts the call against today's budget.
     pub async fn acquire(&self, operation: &str) -> Result<Permit, ConnectorError> {
         loop {
+            self.wait_out_pause(operation).await?;
+            self.rate.until_ready().await;
+            let slot = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let mut state = self.state();
+            // A pause may have begun while this call waited for the rate or a slot: calls
+            // queued behind a 429 must not all go out as soon as slots free up.
+            if state
+                .paused_until
+                .is_some_and(|until| until > Instant::now())
+            {
+                continue;
+            }
+            // Only Tandem's own budget refuses here. The vendor's count is advisory: it is only
+            // refreshed by answers, so refusing on it would never recover. When the vendor is
+            // really out, its refusal (429, `REQUEST_LIMIT_EXCEEDED`, a quota at 0 with a reset
+            // time) pauses the connector, and the first call after the pause is the probe.
+            // Checked and counted under one lock, so concurrent calls cannot overshoot it.
+            if let Some(budget) = self.budget(&state).filter(|b| state.used >= *b) {
+                return Err(ConnectorError::new(
+                    &self.connector,
+                    operation,
+                    ErrorKind::Budget,
+                    format!("today's budget of {budget} calls is spent"),
+                )
+                .with_retry_after(until_midnight()));
+            }
+            state.used += 1;
+            state.unsaved = true;
+            return Ok(Permit { _slot: slot });
+        }
+    }
+
+    /// Sleep through a short pause; fail fast on a long one so the work waits in the journal.
+    async fn wait_out_pause(&self, operation: &str) -> Result<(), ConnectorError> {
+        loop {
             let wait = {
                 let state = self.state();
                 state
@@ -158,7 +204,7 @@ impl Limiter {
                     .and_then(|until| until.checked_duration_since(Instant::now()))
             };
             match wait {
-                None => break,
+                None => return Ok(()),
                 Some(wait) if wait <= self.max_wait => tokio::time::sleep(wait).await,
                 Some(wait) => {
                     return Err(ConnectorError::new(
@@ -174,33 +220,11 @@ impl Limiter {
                 }
             }
         }
-        {
-            // Only Tandem's own budget refuses here. The vendor's count is advisory: it is only
-            // refreshed by answers, so refusing on it would never recover. When the vendor is
-            // really out, its refusal (429, `REQUEST_LIMIT_EXCEEDED`, a quota at 0 with a reset
-            // time) pauses the connector, and the first call after the pause is the probe.
-            let state = self.state();
-            if let Some(budget) = self.budget(&state).filter(|b| state.used >= *b) {
-                return Err(ConnectorError::new(
-                    &self.connector,
-                    operation,
-                    ErrorKind::Budget,
-                    format!("today's budget of {budget} calls is spent"),
-                )
-                .with_retry_after(until_midnight()));
-            }
-        }
-        self.rate.until_ready().await;
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let mut state = self.state();
-        state.used += 1;
-        state.unsaved = true;
-        Ok(Permit { _slot: slot })
+    }
+
+    /// Mark today's count as not yet persisted (after a failed save).
+    pub fn mark_unsaved(&self) {
+        self.state().unsaved = true;
     }
 
     /// Stop all traffic for `duration` (the longest pause asked for wins).
@@ -245,6 +269,12 @@ impl Limiter {
         }
     }
 
+    /// What the vendor says about a windowed quota: `remaining` of `limit` in the current
+    /// window. Shown, not budgeted: the vendor's refusal pauses the connector.
+    pub fn observe_window_quota(&self, remaining: u64, limit: u64) {
+        self.state().window = Some((remaining, limit));
+    }
+
     fn budget(&self, state: &State) -> Option<u64> {
         let share = self
             .daily_share
@@ -277,6 +307,8 @@ impl Limiter {
             remaining: self.remaining(&state),
             server_used: state.server_used,
             server_max: state.server_max,
+            window_remaining: state.window.map(|w| w.0),
+            window_limit: state.window.map(|w| w.1),
             paused_for: state
                 .paused_until
                 .and_then(|until| until.checked_duration_since(Instant::now())),
@@ -379,6 +411,27 @@ mod tests {
         let started = Instant::now();
         limiter.acquire("x").await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(45));
+    }
+
+    #[tokio::test]
+    async fn a_call_queued_for_a_slot_when_the_pause_begins_waits_for_it_to_end() {
+        let mut settings = limits(None, None);
+        settings.max_concurrency = 1;
+        let limiter = Arc::new(Limiter::new("jira", &settings, CallStats::default()));
+        let held = limiter.acquire("first").await.unwrap();
+        let queued = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let _permit = limiter.acquire("second").await.unwrap();
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let paused_at = Instant::now();
+        limiter.pause(Duration::from_millis(150));
+        drop(held);
+        let sent_at = queued.await.unwrap();
+        assert!(sent_at.duration_since(paused_at) >= Duration::from_millis(140));
     }
 
     #[tokio::test]

@@ -68,6 +68,10 @@ pub struct Created {
     pub id: String,
     /// False when the marker found an existing record (it was updated, not created).
     pub created: bool,
+    /// The record exists, but part of the write failed after it was made (Jira: the status
+    /// transition after the create). The caller links the record first, then retries the rest
+    /// as an update, so a retry never creates a second record.
+    pub incomplete: Option<ConnectorError>,
 }
 
 /// A comment on a record, text as plain text on every vendor.
@@ -311,7 +315,8 @@ pub fn state_key(connector: &str, object: &str, record_id: &str, modified_at: i6
     format!("{connector}/{object}/{record_id}@{modified_at}")
 }
 
-/// The dedupe key of a deletion (a record is deleted once).
+/// The dedupe key of a deletion, for vendors where a record is deleted once (Jira has no
+/// undelete; Salesforce change events carry their own event identity instead).
 pub fn delete_key(connector: &str, object: &str, record_id: &str) -> String {
     format!("{connector}/{object}/{record_id}@deleted")
 }

@@ -16,7 +16,9 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FlowMode, FlowSettings, IngestSettings, Schedule, Settings, SideSettings};
+use crate::config::{
+    ConnectorKind, FlowMode, FlowSettings, IngestSettings, Schedule, Settings, SideSettings,
+};
 use crate::connectors::{self, Connector, ConnectorError, Connectors};
 use crate::journal::{now_ms, ChangeOp, Journal, JournalError, NewChange, Origin, Watermark};
 use crate::metrics::{Metrics, PollLabels, PollResult};
@@ -169,9 +171,10 @@ impl Poller {
     }
 }
 
-/// The top-level field names a side's rules, marker and match key read (`priority.name` →
-/// `priority`), for the poll to ask for.
-fn side_fields(flow: &FlowSettings, left: bool) -> Vec<String> {
+/// The fields a side's rules, marker and match key read, for the poll to ask for. Jira paths
+/// reach into a field's JSON (`priority.name` → ask for `priority`); Salesforce dotted paths
+/// are relationship fields SOQL selects as they are (`Account.Name`).
+fn side_fields(flow: &FlowSettings, left: bool, kind: ConnectorKind) -> Vec<String> {
     let side = if left { &flow.left } else { &flow.right };
     let mut fields: Vec<String> = flow
         .fields
@@ -179,7 +182,10 @@ fn side_fields(flow: &FlowSettings, left: bool) -> Vec<String> {
         .map(|rule| if left { &rule.left } else { &rule.right })
         .chain(side.marker.iter())
         .chain(side.match_key.iter())
-        .map(|path| path.split('.').next().unwrap_or(path).to_string())
+        .map(|path| match kind {
+            ConnectorKind::Jira => path.split('.').next().unwrap_or(path).to_string(),
+            ConnectorKind::Salesforce => path.clone(),
+        })
         .collect();
     fields.sort();
     fields.dedup();
@@ -210,7 +216,7 @@ pub fn pollers(
                 Poller::new(
                     name,
                     side,
-                    side_fields(flow, left),
+                    side_fields(flow, left, connector.kind()),
                     connector.clone(),
                     journal.clone(),
                     settings.ingest.overlap,
@@ -354,7 +360,7 @@ right = "Status"
     fn a_poll_asks_for_the_top_level_fields_the_rules_marker_and_match_key_read() {
         let flow = flow("");
         assert_eq!(
-            side_fields(&flow, true),
+            side_fields(&flow, true, ConnectorKind::Jira),
             vec![
                 "customfield_10050",
                 "customfield_10051",
@@ -364,8 +370,22 @@ right = "Status"
             ]
         );
         assert_eq!(
-            side_fields(&flow, false),
+            side_fields(&flow, false, ConnectorKind::Salesforce),
             vec!["Jira_Key__c", "Priority", "Status", "Subject"]
+        );
+        let related = toml_value(
+            r#"
+left = { connector = "jira", object = "issue" }
+right = { connector = "sf", object = "Case" }
+direction = "right_to_left"
+[[fields]]
+left = "customfield_10060"
+right = "Account.Name"
+"#,
+        );
+        assert_eq!(
+            side_fields(&related, false, ConnectorKind::Salesforce),
+            vec!["Account.Name"]
         );
     }
 

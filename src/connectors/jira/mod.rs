@@ -42,6 +42,8 @@ pub struct JiraClient {
     auth: HeaderValue,
     webhook_secret: Option<Secret>,
     allow_unsigned_webhooks: bool,
+    /// The API user's profile time zone (`myself.timeZone`): JQL dates are read in it.
+    time_zone: tokio::sync::OnceCell<chrono_tz::Tz>,
 }
 
 /// A status wanted on an issue, by name or id (`{"name":"Done"}`, `{"id":"3"}` or `"Done"`).
@@ -106,6 +108,7 @@ impl JiraClient {
             auth,
             webhook_secret: settings.webhook_secret.clone(),
             allow_unsigned_webhooks: settings.allow_unsigned_webhooks,
+            time_zone: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -228,16 +231,18 @@ impl JiraClient {
             return;
         };
         let limiter = self.http.limiter();
-        limiter.observe_server_usage(limit.saturating_sub(remaining), limit);
+        // Jira's quota is per window (hourly points, or a burst window), not per day: it is
+        // shown beside the daily budget, never mixed into it.
+        limiter.observe_window_quota(remaining, limit);
         if remaining == 0 {
             // The quota is spent until the reset: stop all traffic rather than collect 429s.
-            if let Some(wait) = answer
+            // The reset is given to the minute; a minute more never resumes early.
+            let wait = answer
                 .header("x-ratelimit-reset")
                 .and_then(wire::parse_reset)
-                .and_then(wire::until)
-            {
-                limiter.pause(wait);
-            }
+                .and_then(|reset| wire::until(reset + chrono::Duration::minutes(1)))
+                .unwrap_or(std::time::Duration::from_secs(60));
+            limiter.pause(wait);
         }
     }
 
@@ -313,7 +318,35 @@ impl JiraClient {
         if wire::id_of(me.get("accountId")).is_none() {
             return Err(self.protocol(op, "`myself` answered without an accountId"));
         }
+        let zone = self.zone_of(op, &me)?;
+        let _ = self.time_zone.set(zone);
         Ok(())
+    }
+
+    fn zone_of(&self, op: &str, me: &Value) -> Result<chrono_tz::Tz, ConnectorError> {
+        let name = me
+            .get("timeZone")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.protocol(op, "`myself` answered without a timeZone"))?;
+        name.parse::<chrono_tz::Tz>().map_err(|_| {
+            self.protocol(
+                op,
+                format!("`myself` names a time zone this build does not know: {name:?}"),
+            )
+        })
+    }
+
+    /// The API user's time zone, asked for once.
+    async fn time_zone(&self, op: &str) -> Result<chrono_tz::Tz, ConnectorError> {
+        self.time_zone
+            .get_or_try_init(|| async {
+                let url = self.url(op, &["myself"])?;
+                let answer = self.call_expect(op, Method::GET, url, None, &[200]).await?;
+                let me = self.json(op, &answer)?;
+                self.zone_of(op, &me)
+            })
+            .await
+            .copied()
     }
 
     pub async fn read(
@@ -388,27 +421,21 @@ impl JiraClient {
     ) -> Result<Page, ConnectorError> {
         let op = "query issue";
         self.check_object(op, object)?;
-        // A page token belongs to the exact JQL of its first page, and the relative date in it
-        // depends on when that page was asked for; the cursor carries the window so later
-        // pages repeat the same query.
-        let (window, token) = match cursor {
-            None => (
-                since.map(|since| {
-                    let elapsed = chrono::Utc::now().timestamp_millis() - since;
-                    // Rounded up, plus one: never narrower than asked.
-                    (elapsed.max(0) as u64).div_ceil(60_000) + 1
-                }),
-                None,
-            ),
+        // A page token belongs to the exact JQL of its first page: the cursor carries the
+        // window's start so every later page sends the same text. The start is an absolute
+        // minute: a relative date (`-15m`) would be evaluated again on every page and slide
+        // forward while a long listing is paged, skipping what slides out.
+        let (start, token) = match cursor {
+            None => (since.map(|ms| ms.div_euclid(60_000) * 60_000), None),
             Some(cursor) => {
-                let (window, token) = Cursor::parse(cursor).ok_or_else(|| {
+                let (start, token) = Cursor::parse(cursor).ok_or_else(|| {
                     self.fail(
                         op,
                         ErrorKind::Rejected,
                         "the cursor was not made by this connector",
                     )
                 })?;
-                (window, Some(token))
+                (start, Some(token))
             }
         };
         let mut clauses = Vec::new();
@@ -416,14 +443,17 @@ impl JiraClient {
             // The operator's filter is the one raw clause; parentheses keep its ORs inside.
             clauses.push(format!("({filter})"));
         }
-        if let Some(minutes) = window {
+        if let Some(start) = start {
             // JQL dates have minute precision and are read in the API user's profile time zone
-            // (`myself.timeZone`), not UTC. A relative date (`-N m`) needs no time-zone
-            // conversion at all; rounding up and adding a minute only widens the window, and
-            // the caller already subtracts an overlap and drops records it has seen.
+            // (`myself.timeZone`), not UTC; rounding down to the minute only widens the window,
+            // and the caller already subtracts an overlap and drops records it has seen.
+            let zone = self.time_zone(op).await?;
+            let at = chrono::DateTime::from_timestamp_millis(start)
+                .ok_or_else(|| self.fail(op, ErrorKind::Rejected, "`since` is out of range"))?
+                .with_timezone(&zone);
             clauses.push(format!(
                 "updated >= {}",
-                jql::quote(&format!("-{minutes}m"))
+                jql::quote(&at.format("%Y-%m-%d %H:%M").to_string())
             ));
         }
         if clauses.is_empty() {
@@ -440,7 +470,7 @@ impl JiraClient {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
             records,
-            next: next.map(|token| Cursor::format(window, &token)),
+            next: next.map(|token| Cursor::format(start, &token)),
         })
     }
 
@@ -564,14 +594,20 @@ impl JiraClient {
         let created = self.json(op, &answer)?;
         let id = wire::id_of(created.get("id"))
             .ok_or_else(|| self.protocol(op, "the create answer has no issue id"))?;
-        if let Some(status) = status {
-            self.after_create_transition(&id, &status).await?;
-        }
-        Ok(Created { id, created: true })
+        let incomplete = match status {
+            Some(status) => self.after_create_transition(&id, &status).await.err(),
+            None => None,
+        };
+        Ok(Created {
+            id,
+            created: true,
+            incomplete,
+        })
     }
 
-    /// Reach the status an issue was created with; the issue exists either way, which the error
-    /// says (a retry finds it by its marker).
+    /// Reach the status an issue was created with. The issue exists either way: a failure is
+    /// returned as [`Created::incomplete`], never as the create's error, so the caller keeps
+    /// the new id and does not create again.
     async fn after_create_transition(
         &self,
         id: &str,
@@ -688,6 +724,7 @@ impl JiraClient {
                     .map(|()| Created {
                         id: id.clone(),
                         created: false,
+                        incomplete: None,
                     });
                 results[index] = Some(outcome);
                 continue;
@@ -732,11 +769,19 @@ impl JiraClient {
             };
             for ((index, _, status), outcome) in chunk.iter().zip(outcomes) {
                 let outcome = match (outcome, status) {
-                    (Ok(id), Some(status)) => self
-                        .after_create_transition(&id, status)
-                        .await
-                        .map(|()| Created { id, created: true }),
-                    (Ok(id), None) => Ok(Created { id, created: true }),
+                    (Ok(id), Some(status)) => {
+                        let incomplete = self.after_create_transition(&id, status).await.err();
+                        Ok(Created {
+                            id,
+                            created: true,
+                            incomplete,
+                        })
+                    }
+                    (Ok(id), None) => Ok(Created {
+                        id,
+                        created: true,
+                        incomplete: None,
+                    }),
                     (Err(e), _) => Err(e),
                 };
                 results[*index] = Some(outcome);
@@ -1003,13 +1048,14 @@ impl JiraClient {
 struct Cursor;
 
 impl Cursor {
-    fn format(window: Option<u64>, token: &str) -> String {
-        let window = window.map_or_else(|| "-".to_string(), |m| m.to_string());
-        format!("v1:{window}:{token}")
+    /// `v2:<window start, epoch ms, or ->:<nextPageToken>`.
+    fn format(start: Option<i64>, token: &str) -> String {
+        let start = start.map_or_else(|| "-".to_string(), |m| m.to_string());
+        format!("v2:{start}:{token}")
     }
 
-    fn parse(cursor: &str) -> Option<(Option<u64>, String)> {
-        let rest = cursor.strip_prefix("v1:")?;
+    fn parse(cursor: &str) -> Option<(Option<i64>, String)> {
+        let rest = cursor.strip_prefix("v2:")?;
         let (window, token) = rest.split_once(':')?;
         if token.is_empty() {
             return None;
@@ -1033,8 +1079,10 @@ mod tests {
         let c = Cursor::format(None, "tok");
         assert_eq!(Cursor::parse(&c), Some((None, "tok".to_string())));
         assert_eq!(Cursor::parse("tok"), None);
-        assert_eq!(Cursor::parse("v1:x:tok"), None);
-        assert_eq!(Cursor::parse("v1:5:"), None);
+        assert_eq!(Cursor::parse("v2:x:tok"), None);
+        assert_eq!(Cursor::parse("v2:5:"), None);
+        // The relative-window cursors of an earlier build are not accepted.
+        assert_eq!(Cursor::parse("v1:5:tok"), None);
     }
 
     #[test]

@@ -220,10 +220,19 @@ impl Tokens {
                     format!("instance_url `{}` is not a URL: {e}", answer.instance_url),
                 )
             })?;
-            if !matches!(instance.scheme(), "http" | "https") || answer.access_token.is_empty() {
+            // The bearer token goes to this URL: only over TLS, except to a loopback address
+            // (the emulators, a local proxy).
+            let loopback = match instance.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(name)) => name == "localhost",
+                None => false,
+            };
+            let secure = instance.scheme() == "https" || (instance.scheme() == "http" && loopback);
+            if !secure || answer.access_token.is_empty() {
                 return Err(self.error(
                     ErrorKind::Protocol,
-                    "the token answer has no usable access_token or instance_url",
+                    "the token answer has no usable access_token, or an instance_url that is not https",
                 ));
             }
             tracing::debug!(connector = %self.connector, generation, "new Salesforce session");

@@ -532,6 +532,7 @@ impl SalesforceClient {
                 Ok(Created {
                     id: id.to_string(),
                     created: reply["created"].as_bool().unwrap_or(answer.status == 201),
+                    incomplete: None,
                 })
             }
             // Older API versions answer an update with 204 and no body: look the id up.
@@ -539,6 +540,7 @@ impl SalesforceClient {
                 Some(found) => Ok(Created {
                     id: found.id,
                     created: false,
+                    incomplete: None,
                 }),
                 None => Err(self.protocol(
                     &op,
@@ -571,6 +573,7 @@ impl SalesforceClient {
         Ok(Created {
             id: id.to_string(),
             created: true,
+            incomplete: None,
         })
     }
 
@@ -657,6 +660,7 @@ impl SalesforceClient {
                             // Plain creates always create; an upsert says (unconfirmed that
                             // `created` is always present: missing reads as an update).
                             created: field.is_none() || created.unwrap_or(false),
+                            incomplete: None,
                         }));
                     }
                 }
@@ -880,7 +884,10 @@ fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         Some(LIMIT_EXCEEDED) => ErrorKind::RateLimited,
         Some("UNABLE_TO_LOCK_ROW") => ErrorKind::Conflict,
         Some("ENTITY_IS_DELETED" | "NOT_FOUND") => ErrorKind::NotFound,
-        Some("SERVER_UNAVAILABLE") => ErrorKind::Server,
+        // A query that ran too long on the vendor's side: a later, smaller (or luckier) run can
+        // succeed, so it is retried rather than dead-lettered. (Splitting the window is left
+        // to the poller's next, later-starting run.)
+        Some("SERVER_UNAVAILABLE" | "QUERY_TIMEOUT") => ErrorKind::Server,
         Some("INSUFFICIENT_ACCESS_OR_READONLY") => ErrorKind::Forbidden,
         _ => match status {
             Some(status @ 400..=599) => ConnectorError::kind_for_status(status),
@@ -1022,6 +1029,10 @@ mod tests {
         );
         assert_eq!(
             classify(Some("SERVER_UNAVAILABLE"), Some(503)),
+            ErrorKind::Server
+        );
+        assert_eq!(
+            classify(Some("QUERY_TIMEOUT"), Some(400)),
             ErrorKind::Server
         );
         assert_eq!(

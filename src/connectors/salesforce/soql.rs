@@ -44,15 +44,13 @@ fn escape(value: &str, like: bool) -> String {
     out
 }
 
-/// An unquoted UTC datetime literal, `2024-01-15T10:00:00.000Z`. Salesforce documents the form
-/// without fractional seconds; the emulator accepts milliseconds and keeping them stops a
-/// watermark from re-reading up to a second of changes on every poll (unconfirmed that every
-/// Salesforce release accepts the fraction).
+/// An unquoted UTC datetime literal in the documented form, `2024-01-15T10:00:00Z`: rounded
+/// down to the second, which only widens a `>=` window (the poll's overlap is minutes anyway).
 pub fn datetime(ms: i64) -> String {
     // An out-of-range watermark can only come from a corrupt store; the earliest time makes
     // the query wider, never narrower, so no change is skipped.
     let at = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// A field name or relationship path (`Account.Name`): segments of letters, digits and
@@ -123,11 +121,11 @@ mod tests {
     }
 
     #[test]
-    fn datetime_literals_are_utc_with_millis() {
-        assert_eq!(datetime(1_705_312_800_000), "2024-01-15T10:00:00.000Z");
-        assert_eq!(datetime(1_705_312_800_123), "2024-01-15T10:00:00.123Z");
-        assert_eq!(datetime(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(datetime(i64::MAX), "1970-01-01T00:00:00.000Z");
+    fn datetime_literals_are_utc_rounded_down_to_the_second() {
+        assert_eq!(datetime(1_705_312_800_000), "2024-01-15T10:00:00Z");
+        assert_eq!(datetime(1_705_312_800_999), "2024-01-15T10:00:00Z");
+        assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
+        assert_eq!(datetime(i64::MAX), "1970-01-01T00:00:00Z");
     }
 
     #[test]

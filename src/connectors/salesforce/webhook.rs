@@ -8,8 +8,8 @@ use quick_xml::NsReader;
 use serde_json::{Map, Value};
 
 use super::super::{
-    delete_key, secret_matches, state_key, Comment, Webhook, WebhookError, WebhookReply,
-    WebhookRequest, COMMENT_OBJECT,
+    secret_matches, state_key, Comment, Webhook, WebhookError, WebhookReply, WebhookRequest,
+    COMMENT_OBJECT,
 };
 use super::{parse_timestamp, soql};
 use crate::config::Secret;
@@ -467,13 +467,12 @@ fn change_event(
         } else {
             Value::Object(fields.clone())
         };
-        let dedupe_key = match op {
-            ChangeOp::Delete => delete_key(&settings.connector, object, record_id),
-            ChangeOp::Upsert => format!(
-                "{}/cdc/{transaction_key}/{sequence}/{record_id}",
-                settings.connector
-            ),
-        };
+        // The event's own identity, deletes included: a Salesforce record can be undeleted and
+        // deleted again, and that second delete must not collide with the first.
+        let dedupe_key = format!(
+            "{}/cdc/{transaction_key}/{sequence}/{record_id}",
+            settings.connector
+        );
         changes.push(NewChange {
             connector: settings.connector.clone(),
             object: object.to_string(),
@@ -808,8 +807,8 @@ mod tests {
         let delete = parse_json(&event("DELETE", json!({}), &[])).unwrap();
         assert_eq!(delete.changes[0].op, ChangeOp::Delete);
         assert_eq!(
-            delete.changes[0].dedupe_key,
-            delete_key("sf", "Case", "500000000000001AAA")
+            delete.changes[0].dedupe_key, "sf/cdc/tx-1/3/500000000000001AAA",
+            "a delete after an undelete is a new event"
         );
 
         for (kind, op) in [
