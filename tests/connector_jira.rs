@@ -398,7 +398,7 @@ async fn changed_since_pages_to_the_end_without_gaps_or_duplicates() {
         assert_eq!(pages, 11);
     }
 
-    // A window that starts in the future still reads the last minute or so, never fails.
+    // A window that starts in the future is an empty listing, not an error.
     let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
     jira.changed_since("issue", Some("project = SUP"), Some(future), &[], None)
         .await
