@@ -82,6 +82,12 @@ impl Application {
                 });
             }
         }
+        for (_, connector) in connectors.iter() {
+            connector.limiter().set_breaker(
+                settings.dispatch.breaker_threshold,
+                settings.dispatch.breaker_cooldown,
+            );
+        }
         let metrics = Arc::new(Metrics::new(journal.stats(), &calls));
         Ok(Application {
             listener,
@@ -127,6 +133,13 @@ impl Application {
                 }
             });
         }
+        let mut dispatchers = crate::dispatch::spawn(
+            state.settings.clone(),
+            state.connectors.clone(),
+            state.journal.clone(),
+            state.metrics.clone(),
+            workers.clone(),
+        );
         let mut pollers = ingest::spawn(
             ingest::pollers(&state.settings, &state.connectors, &state.journal),
             state.metrics.clone(),
@@ -161,6 +174,9 @@ impl Application {
         // all, so stopping mid-poll loses nothing.
         workers.cancel();
         while pollers.join_next().await.is_some() {}
+        // A change cut off mid-flight keeps its lease until it expires, then is retried: its
+        // write is idempotent (the marker on creates, echo suppression on updates).
+        while dispatchers.join_next().await.is_some() {}
         let _ = usage.await;
         // Every acknowledged change is already committed; this flushes what is queued and closes
         // the database cleanly (WAL checkpointed by the last connection).

@@ -85,6 +85,24 @@ struct ConnectorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    flow: String,
+    /// created, written, linked, echo, stale, conflict, deleted, unlinked, skipped, failed.
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    flow: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLetterLabels {
+    flow: String,
+    connector: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -106,6 +124,11 @@ pub struct Metrics {
     vendor_window_remaining: Family<ConnectorLabels, Gauge>,
     vendor_window_limit: Family<ConnectorLabels, Gauge>,
     paused_seconds: Family<ConnectorLabels, Gauge<f64, AtomicU64>>,
+    breaker_state: Family<ConnectorLabels, Gauge>,
+    sync_outcomes: Family<SyncLabels, Counter>,
+    conflicts: Family<FlowLabels, Counter>,
+    sync_latency: Family<FlowLabels, Histogram>,
+    dead_letters: Family<DeadLetterLabels, Counter>,
 }
 
 impl Metrics {
@@ -166,6 +189,37 @@ impl Metrics {
             "connector_paused_seconds",
             "Seconds until a paused connector sends again (0 when not paused)",
             paused_seconds.clone(),
+        );
+        let breaker_state = gauge(
+            &mut registry,
+            "connector_breaker_state",
+            "Circuit breaker per connector: 0 closed, 1 open (calls stop), 2 half-open (one probe out)",
+        );
+        let sync_outcomes = Family::<SyncLabels, Counter>::default();
+        registry.register(
+            "sync_outcomes",
+            "What the engine did with changes, by flow and outcome (echo: our own write coming back)",
+            sync_outcomes.clone(),
+        );
+        let conflicts = Family::<FlowLabels, Counter>::default();
+        registry.register(
+            "sync_conflicts",
+            "Fields changed on both sides since the last sync, settled by the flow's policy",
+            conflicts.clone(),
+        );
+        let sync_latency = Family::<FlowLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 16))
+        });
+        registry.register(
+            "sync_latency_seconds",
+            "From the source's modified time to the counterpart written",
+            sync_latency.clone(),
+        );
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Changes that failed for good, by flow and the connector that refused",
+            dead_letters.clone(),
         );
         let ingested = Family::<IngestLabels, Counter>::default();
         registry.register(
@@ -241,7 +295,46 @@ impl Metrics {
             vendor_window_remaining,
             vendor_window_limit,
             paused_seconds,
+            breaker_state,
+            sync_outcomes,
+            conflicts,
+            sync_latency,
+            dead_letters,
         }
+    }
+
+    pub fn count_sync(&self, flow: &str, outcome: &str) {
+        self.sync_outcomes
+            .get_or_create(&SyncLabels {
+                flow: flow.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_conflicts(&self, flow: &str, n: u64) {
+        self.conflicts
+            .get_or_create(&FlowLabels {
+                flow: flow.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn observe_latency(&self, flow: &str, millis: i64) {
+        self.sync_latency
+            .get_or_create(&FlowLabels {
+                flow: flow.to_string(),
+            })
+            .observe(millis as f64 / 1000.0);
+    }
+
+    pub fn count_dead_letter(&self, flow: &str, connector: &str) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                flow: flow.to_string(),
+                connector: connector.to_string(),
+            })
+            .inc();
     }
 
     pub fn count_ingested(&self, connector: &str, origin: Origin, new: u64) {
@@ -292,6 +385,13 @@ impl Metrics {
             set(&self.vendor_quota_max, quota.server_max);
             set(&self.vendor_window_remaining, quota.window_remaining);
             set(&self.vendor_window_limit, quota.window_limit);
+            self.breaker_state.get_or_create(&labels).set(
+                match connector.limiter().breaker_state() {
+                    crate::connectors::BreakerState::Closed => 0,
+                    crate::connectors::BreakerState::Open => 1,
+                    crate::connectors::BreakerState::HalfOpen => 2,
+                },
+            );
             self.paused_seconds
                 .get_or_create(&labels)
                 .set(quota.paused_for.map_or(0.0, |d| d.as_secs_f64()));

@@ -1,7 +1,8 @@
-//! The HTTP surface: health, metrics, webhook intake (admin API joins with the operator issue).
+//! The HTTP surface: health, metrics, webhook intake, and the admin API under `/api/v1`.
 //!
 //! **The API layer never calls a vendor**: it reads and writes the journal only.
 
+mod admin;
 mod error;
 mod health;
 mod webhooks;
@@ -78,6 +79,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/webhooks/{connector}/{token}",
             post(webhooks::receive_with_token),
+        )
+        .nest(
+            "/api/v1",
+            admin::router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::require_token,
+            )),
         )
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .layer(middleware)

@@ -42,6 +42,7 @@ pub struct Settings {
     #[serde(default)]
     pub admin: AdminSettings,
     pub ingest: IngestSettings,
+    pub dispatch: DispatchSettings,
     /// Configured systems, by the name flows and webhook URLs use.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorSettings>,
@@ -110,6 +111,33 @@ pub struct IngestSettings {
     /// committed late with an earlier modified time. Default `2m`.
     #[serde(with = "types::duration")]
     pub overlap: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// Attempts before a change that keeps failing with retryable errors is dead-lettered.
+    /// Default 8.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter. Default `1s`.
+    #[serde(with = "types::duration")]
+    pub base_delay: Duration,
+    /// Longest retry delay. Default `5m`.
+    #[serde(with = "types::duration")]
+    pub max_delay: Duration,
+    /// Changes one worker claims at a time. Default 32.
+    pub batch: u32,
+    /// How long a claim is held; an expired claim is taken over (its worker died). Default `2m`.
+    #[serde(with = "types::duration")]
+    pub lease: Duration,
+    /// Consecutive transport or 5xx failures that open a connector's circuit breaker. Default 5.
+    pub breaker_threshold: u32,
+    /// How long an open breaker stops calls before one probe is let through. Default `30s`.
+    #[serde(with = "types::duration")]
+    pub breaker_cooldown: Duration,
+    /// How long a worker with nothing to do waits before looking again. Default `200ms`.
+    #[serde(with = "types::duration")]
+    pub idle_wait: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -283,6 +311,21 @@ impl Settings {
                 "must be longer than 0s".into(),
             );
         }
+        if self.dispatch.max_attempts == 0 {
+            push("dispatch.max_attempts".into(), "must be at least 1".into());
+        }
+        if self.dispatch.batch == 0 {
+            push("dispatch.batch".into(), "must be at least 1".into());
+        }
+        if self.dispatch.breaker_threshold == 0 {
+            push(
+                "dispatch.breaker_threshold".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.dispatch.lease < Duration::from_secs(1) {
+            push("dispatch.lease".into(), "must be at least 1s".into());
+        }
         if self.journal.max_batch == 0 {
             push("journal.max_batch".into(), "must be at least 1".into());
         }
@@ -320,6 +363,17 @@ fn problem_from_path_error(e: serde_path_to_error::Error<serde_json::Error>) -> 
         path,
         message: message.to_string(),
     }
+}
+
+/// A settings fragment from TOML text, for unit tests of the modules that use it.
+#[cfg(test)]
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    let value: serde_json::Value = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .expect("valid TOML");
+    serde_json::from_value(value).expect("the fragment's shape")
 }
 
 #[cfg(test)]

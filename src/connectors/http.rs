@@ -119,6 +119,7 @@ impl Http {
             Ok(response) => response,
             Err(e) => {
                 self.limiter.count_call(None);
+                self.limiter.record_result(true);
                 return Err(transport(e));
             }
         };
@@ -128,10 +129,12 @@ impl Http {
             Ok(body) => body,
             Err(e) => {
                 self.limiter.count_call(None);
+                self.limiter.record_result(true);
                 return Err(transport(e));
             }
         };
         self.limiter.count_call(Some(status));
+        self.limiter.record_result(status >= 500);
         let answer = Answer {
             status,
             headers,

@@ -73,7 +73,38 @@ pub struct Usage {
     pub server_max: Option<u64>,
 }
 
+/// The circuit breaker's state, as `/metrics` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    /// Calls fail fast until the cooldown ends.
+    Open,
+    /// The cooldown ended; one probe call is out.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Consecutive transport/5xx failures open it; after the cooldown one probe goes through; a
+/// success closes it, a failure opens it again.
+struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
 struct State {
+    breaker: Breaker,
     paused_until: Option<Instant>,
     day: NaiveDate,
     used: u64,
@@ -121,6 +152,13 @@ impl Limiter {
             daily_share: limits.daily_budget_share,
             max_wait: limits.timeout,
             state: Mutex::new(State {
+                breaker: Breaker {
+                    threshold: u32::MAX,
+                    cooldown: Duration::from_secs(30),
+                    failures: 0,
+                    open_until: None,
+                    probing: false,
+                },
                 paused_until: None,
                 day: today(),
                 used: 0,
@@ -135,6 +173,77 @@ impl Limiter {
 
     pub fn connector(&self) -> &str {
         &self.connector
+    }
+
+    /// Arm the circuit breaker: `threshold` consecutive transport/5xx failures open it for
+    /// `cooldown`. (Off until called.)
+    pub fn set_breaker(&self, threshold: u32, cooldown: Duration) {
+        let mut state = self.state();
+        state.breaker.threshold = threshold.max(1);
+        state.breaker.cooldown = cooldown;
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        let state = self.state();
+        match state.breaker.open_until {
+            None => BreakerState::Closed,
+            Some(until) if until > Instant::now() => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// A call's result for the breaker: `failed` for no answer or a 5xx.
+    pub fn record_result(&self, failed: bool) {
+        let mut state = self.state();
+        let breaker = &mut state.breaker;
+        breaker.probing = false;
+        if !failed {
+            breaker.failures = 0;
+            if breaker.open_until.take().is_some() {
+                tracing::info!(connector = %self.connector, "circuit breaker closed: the probe succeeded");
+            }
+            return;
+        }
+        breaker.failures = breaker.failures.saturating_add(1);
+        let reopen = breaker.open_until.is_some();
+        if reopen || breaker.failures >= breaker.threshold {
+            breaker.open_until = Some(Instant::now() + breaker.cooldown);
+            tracing::warn!(
+                connector = %self.connector,
+                failures = breaker.failures,
+                cooldown_s = breaker.cooldown.as_secs_f64(),
+                "circuit breaker open: calls stop for the cooldown"
+            );
+        }
+    }
+
+    /// Refuse while the breaker is open; after the cooldown, let exactly one probe through.
+    fn check_breaker(&self, state: &mut State, operation: &str) -> Result<(), ConnectorError> {
+        let breaker = &mut state.breaker;
+        let Some(until) = breaker.open_until else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let wait = if until > now {
+            until - now
+        } else if !breaker.probing {
+            breaker.probing = true;
+            return Ok(());
+        } else {
+            // A probe is out: wait for its answer (at most the cooldown again).
+            breaker.cooldown.min(Duration::from_secs(1))
+        };
+        Err(ConnectorError::new(
+            &self.connector,
+            operation,
+            ErrorKind::Server,
+            format!(
+                "circuit breaker open after {} consecutive failures; next probe in {}s",
+                breaker.failures,
+                wait.as_secs()
+            ),
+        )
+        .with_retry_after(wait))
     }
 
     pub fn stats(&self) -> &CallStats {
@@ -179,6 +288,7 @@ impl Limiter {
             // really out, its refusal (429, `REQUEST_LIMIT_EXCEEDED`, a quota at 0 with a reset
             // time) pauses the connector, and the first call after the pause is the probe.
             // Checked and counted under one lock, so concurrent calls cannot overshoot it.
+            self.check_breaker(&mut state, operation)?;
             if let Some(budget) = self.budget(&state).filter(|b| state.used >= *b) {
                 return Err(ConnectorError::new(
                     &self.connector,
@@ -432,6 +542,53 @@ mod tests {
         drop(held);
         let sent_at = queued.await.unwrap();
         assert!(sent_at.duration_since(paused_at) >= Duration::from_millis(140));
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_after_consecutive_failures_and_one_probe_closes_it() {
+        let limiter = Limiter::new("sf", &limits(None, None), CallStats::default());
+        limiter.set_breaker(3, Duration::from_millis(100));
+        for _ in 0..2 {
+            limiter.acquire("x").await.unwrap();
+            limiter.record_result(true);
+        }
+        limiter.acquire("x").await.unwrap();
+        limiter.record_result(false);
+        assert_eq!(
+            limiter.breaker_state(),
+            BreakerState::Closed,
+            "a success resets"
+        );
+        for _ in 0..3 {
+            limiter.acquire("x").await.unwrap();
+            limiter.record_result(true);
+        }
+        assert_eq!(limiter.breaker_state(), BreakerState::Open);
+        let refused = limiter.acquire("x").await.err().unwrap();
+        assert_eq!(refused.kind, ErrorKind::Server);
+        assert!(refused.retry_after.is_some());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(limiter.breaker_state(), BreakerState::HalfOpen);
+        let _probe = limiter.acquire("probe").await.unwrap();
+        assert!(
+            limiter.acquire("second").await.is_err(),
+            "one probe at a time"
+        );
+        limiter.record_result(true);
+        assert_eq!(
+            limiter.breaker_state(),
+            BreakerState::Open,
+            "a failed probe reopens"
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        limiter.acquire("probe").await.unwrap();
+        limiter.record_result(false);
+        assert_eq!(
+            limiter.breaker_state(),
+            BreakerState::Closed,
+            "a good probe closes"
+        );
+        limiter.acquire("x").await.unwrap();
     }
 
     #[tokio::test]

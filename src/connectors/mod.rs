@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use error::{ConnectorError, ErrorKind};
-pub use limit::{CallStats, Limiter, QuotaSnapshot, Usage};
+pub use limit::{BreakerState, CallStats, Limiter, QuotaSnapshot, Usage};
 
 use crate::config::{ConnectorKind, ConnectorSettings, Settings};
 use crate::journal::NewChange;
@@ -191,6 +191,17 @@ impl Connector {
         cursor: Option<&str>,
     ) -> Result<Page, ConnectorError> {
         each!(self, c => c.changed_since(object, filter, since, fields, cursor).await)
+    }
+
+    /// Whether a record is among those the operator's `filter` selects (asked before creating
+    /// a counterpart for a record that arrived by webhook, which no filter narrowed).
+    pub async fn matches(
+        &self,
+        object: &str,
+        id: &str,
+        filter: &str,
+    ) -> Result<bool, ConnectorError> {
+        each!(self, c => c.matches(object, id, filter).await)
     }
 
     /// The record whose marker field holds `marker.value`, if any.

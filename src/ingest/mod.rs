@@ -347,13 +347,7 @@ right = "Status"
     }
 
     fn toml_value(text: &str) -> FlowSettings {
-        let value: serde_json::Value = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        serde_json::from_value(value).unwrap()
+        crate::config::from_toml(text)
     }
 
     #[test]

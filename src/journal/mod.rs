@@ -3,6 +3,8 @@
 //! Ingest appends through one group-committing writer ([`writer`]); workers claim due changes by
 //! lease and settle them ([`queue`]). Nothing is acknowledged to a sender before its row commits.
 
+mod dead_letters;
+mod links;
 mod model;
 mod queue;
 mod writer;
@@ -18,6 +20,11 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use dead_letters::{
+    BulkReplay, DeadLetter, DeadLetterChange, DeadLetterFilter, DeadLetterStatus, ReplayError,
+    MAX_DEAD_LETTER_PAGE,
+};
+pub use links::{Link, Settlement, Synced, Unsettled};
 pub use model::{
     Appended, Change, ChangeId, ChangeOp, ChangeStatus, DeadLetterId, NewChange, NewDeadLetter,
     Origin, Watermark,

@@ -23,6 +23,17 @@ impl Journal {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
+        self.claim_where(None, owner, limit, lease).await
+    }
+
+    /// [`Journal::claim`], of the changes whose source is `connector` only, or of all.
+    pub(super) async fn claim_where(
+        &self,
+        connector: Option<&str>,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Change>, JournalError> {
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE changes
@@ -30,7 +41,8 @@ impl Journal {
                     attempts = attempts + 1, updated_at = ?3
               WHERE id IN (
                     SELECT c.id FROM changes c
-                     WHERE ((c.status = 'pending' AND c.next_attempt_at <= ?3)
+                     WHERE (?5 IS NULL OR c.connector = ?5)
+                       AND ((c.status = 'pending' AND c.next_attempt_at <= ?3)
                          OR (c.status = 'in_flight' AND c.lease_expires_at <= ?3))
                        AND NOT EXISTS (
                            SELECT 1 FROM changes e
@@ -46,15 +58,10 @@ impl Journal {
         .bind(now + ms(lease))
         .bind(now)
         .bind(i64::from(limit))
+        .bind(connector)
         .fetch_all(self.pool())
         .await?;
-        let mut changes = rows
-            .iter()
-            .map(change_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        // RETURNING order is unspecified.
-        changes.sort_by_key(|c| c.id);
-        Ok(changes)
+        changes_from_rows(&rows)
     }
 
     /// Settle a claimed change as done with `outcome` (written, echo, stale, ...).
@@ -165,6 +172,18 @@ fn lease_held(id: ChangeId, rows: u64) -> Result<(), JournalError> {
     } else {
         Ok(())
     }
+}
+
+/// Rows of `changes` as claimed (RETURNING order is unspecified: sorted by id here).
+pub(super) fn changes_from_rows(
+    rows: &[sqlx::sqlite::SqliteRow],
+) -> Result<Vec<Change>, JournalError> {
+    let mut changes = rows
+        .iter()
+        .map(change_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    changes.sort_by_key(|c| c.id);
+    Ok(changes)
 }
 
 fn change_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Change, JournalError> {

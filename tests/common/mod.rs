@@ -1,6 +1,8 @@
 //! Test harness: the real application on an ephemeral loopback port over a real SQLite file.
 #![allow(dead_code)]
 
+pub mod sims;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -62,6 +64,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(overlay: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(&dir, overlay);
+    spawn_with(settings, dir).await
+}
+
+/// The real application on `settings`, keeping `dir` (its database) alive with it.
+pub async fn spawn_with(settings: Settings, dir: TempDir) -> TestApp {
     let app = Application::build(settings).await.unwrap();
     let addr = app.local_addr();
     let journal = app.journal().clone();

@@ -558,6 +558,21 @@ impl JiraClient {
         }
     }
 
+    /// Whether the issue is among those `filter` (operator JQL) selects.
+    pub async fn matches(
+        &self,
+        object: &str,
+        id: &str,
+        filter: &str,
+    ) -> Result<bool, ConnectorError> {
+        let op = "match issue to filter";
+        self.check_object(op, object)?;
+        self.check_id(op, id)?;
+        let jql = format!("id = {} AND ({filter})", jql::quote(id));
+        let (issues, _) = self.search(op, &jql, &["id".to_string()], None).await?;
+        Ok(!issues.is_empty())
+    }
+
     /// The fields of a create, as an edit of an issue that already exists: `project` and
     /// `issuetype` only choose where a new issue goes (changing them is a move, which the edit
     /// endpoint refuses).

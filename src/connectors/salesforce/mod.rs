@@ -789,6 +789,24 @@ impl SalesforceClient {
         }
     }
 
+    /// Whether the record is among those `filter` (an operator's SOQL `WHERE` clause) selects.
+    pub async fn matches(
+        &self,
+        object: &str,
+        id: &str,
+        filter: &str,
+    ) -> Result<bool, ConnectorError> {
+        let op = format!("match {object} to filter");
+        self.check_object(&op, object)?;
+        let text = format!(
+            "SELECT Id FROM {object} WHERE Id = {} AND ({filter})",
+            soql::quote(id)
+        );
+        let call = Call::get("query".into()).param("q", text);
+        let (rows, _) = self.query_page(&op, &call).await?;
+        Ok(!rows.is_empty())
+    }
+
     pub async fn comments(&self, parent_id: &str) -> Result<Vec<Comment>, ConnectorError> {
         let op = "query CaseComment";
         let text = format!(

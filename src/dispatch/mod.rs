@@ -1,0 +1,380 @@
+//! Dispatchers: one per connector, draining the changes that connector's records produced into
+//! the other side of every flow they feed, by lease.
+//!
+//! A claimed change takes the later pending changes to its record with it (coalescing: one
+//! write carries the latest value of every field). Each flow is carried out by the engine;
+//! success settles the changes and stores the links in one transaction; a retryable failure
+//! puts them back with exponential backoff and full jitter (never sooner than the vendor's
+//! `Retry-After`); a permanent one, or too many attempts, leaves a dead letter with everything
+//! an operator needs, and the rest of the journal keeps moving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Map, Value};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DispatchSettings, Settings};
+use crate::connectors::Connectors;
+use crate::journal::{
+    now_ms, Change, ChangeId, ChangeOp, Journal, JournalError, Link, NewDeadLetter, Settlement,
+};
+use crate::metrics::Metrics;
+use crate::sync::engine::{Engine, Failed, Work};
+
+/// The delay before attempt `attempts + 1`: exponential from `base`, capped at `max`, with full
+/// jitter (a random share of it, so retries of many changes spread out), and never sooner than
+/// what the vendor asked for.
+///
+/// Written here rather than taken from a backoff crate: the attempt count lives in the journal,
+/// not in a retry loop, so all that is needed is this one pure function of it.
+pub fn backoff(
+    attempts: i64,
+    base: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(1, 32) - 1).unwrap_or(31);
+    let ceiling = base.saturating_mul(1u32 << exponent.min(30)).min(max);
+    let jittered = ceiling.mul_f64(rand::rng().random_range(0.0..=1.0));
+    jittered.max(retry_after.unwrap_or_default())
+}
+
+/// How long a change waits while the other side of its pair is being carried out.
+const BUSY_WAIT: Duration = Duration::from_millis(50);
+
+pub struct Dispatcher {
+    connector: String,
+    owner: String,
+    engine: Arc<Engine>,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    settings: DispatchSettings,
+}
+
+impl Dispatcher {
+    /// Claim and carry out one batch; returns how many changes were claimed.
+    pub async fn run_once(&self) -> Result<usize, JournalError> {
+        let claimed = self
+            .journal
+            .claim_from(
+                &self.connector,
+                &self.owner,
+                self.settings.batch,
+                self.settings.lease,
+            )
+            .await?;
+        let count = claimed.len();
+        // Distinct records (the claim hands out one change per record): safe to run at once;
+        // each connector's limiter bounds the calls.
+        let mut tasks = JoinSet::new();
+        for change in claimed {
+            let this = self.clone_handle();
+            tasks.spawn(async move { this.process(change).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(connector = %self.connector, %error, "settling a change failed; its lease will expire and it is retried")
+                }
+                Err(panic) => {
+                    tracing::error!(connector = %self.connector, %panic, "a change's task panicked; its lease will expire and it is retried")
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    fn clone_handle(&self) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            connector: self.connector.clone(),
+            owner: self.owner.clone(),
+            engine: self.engine.clone(),
+            journal: self.journal.clone(),
+            metrics: self.metrics.clone(),
+            settings: self.settings.clone(),
+        })
+    }
+
+    async fn process(&self, lead: Change) -> Result<(), JournalError> {
+        let followers = self
+            .journal
+            .claim_followers(&lead, &self.owner, self.settings.lease)
+            .await?;
+        let ids: Vec<ChangeId> = std::iter::once(lead.id)
+            .chain(followers.iter().map(|c| c.id))
+            .collect();
+        let work = coalesce(&lead, &followers);
+        let record = (
+            lead.connector.as_str(),
+            lead.object.as_str(),
+            lead.record_id.as_str(),
+        );
+        let routes = self.engine.routes(&lead.connector, &lead.object);
+        let span = tracing::info_span!(
+            "change",
+            change_id = %lead.id,
+            connector = %lead.connector,
+            object = %lead.object,
+            record_id = %lead.record_id,
+            coalesced = followers.len(),
+        );
+        let _entered = span.enter();
+        if routes.is_empty() {
+            let settlement = Settlement {
+                outcome: "no_flow".into(),
+                detail: json!({}),
+                ..Settlement::default()
+            };
+            return self
+                .journal
+                .settle(&ids, &self.owner, &settlement, Some(record))
+                .await;
+        }
+
+        let mut saved: Vec<Link> = Vec::new();
+        let mut removed = Vec::new();
+        let mut outcomes = Map::new();
+        let mut first_outcome = None;
+        let mut failure = None;
+        for route in &routes {
+            match self.engine.sync(&work, route).await {
+                Ok(done) => {
+                    self.metrics.count_sync(route.name, done.outcome);
+                    if done.outcome == "written" || done.outcome == "created" {
+                        if let Some(at) = work.modified_at {
+                            self.metrics
+                                .observe_latency(route.name, (now_ms() - at).max(0));
+                        }
+                    }
+                    if let Some(conflicts) = done.detail.get("conflicts").and_then(Value::as_array)
+                    {
+                        self.metrics
+                            .count_conflicts(route.name, conflicts.len() as u64);
+                    }
+                    tracing::info!(flow = route.name, outcome = done.outcome, "synced");
+                    first_outcome.get_or_insert(done.outcome);
+                    outcomes.insert(
+                        route.name.to_string(),
+                        json!({ "outcome": done.outcome, "detail": done.detail }),
+                    );
+                    saved.extend(done.link);
+                    if let Some(left_id) = done.unlink {
+                        removed.push((route.name.to_string(), left_id));
+                    }
+                }
+                Err(failed) => {
+                    failure = Some((route.name.to_string(), failed));
+                    break;
+                }
+            }
+        }
+
+        let Some((flow, failed)) = failure else {
+            let settlement = Settlement {
+                save: saved,
+                remove: removed,
+                outcome: first_outcome.unwrap_or("skipped").to_string(),
+                detail: Value::Object(outcomes),
+            };
+            return self
+                .journal
+                .settle(&ids, &self.owner, &settlement, Some(record))
+                .await;
+        };
+
+        // Flows that succeeded keep their links: their retry is then an echo, not a rewrite.
+        if matches!(failed, Failed::Busy) {
+            if !saved.is_empty() {
+                self.journal.save_links(&saved).await?;
+            }
+            for id in &ids {
+                self.journal.defer(*id, &self.owner, BUSY_WAIT).await?;
+            }
+            return Ok(());
+        }
+        let (error, operation, payload, link) = match failed {
+            Failed::Journal(error) => return Err(error),
+            Failed::Busy => unreachable!("handled above"),
+            Failed::Vendor(failure) => {
+                let failure = *failure;
+                (
+                    failure.error,
+                    failure.operation,
+                    failure.payload,
+                    failure.link,
+                )
+            }
+        };
+        saved.extend(link);
+        if !saved.is_empty() {
+            self.journal.save_links(&saved).await?;
+        }
+        self.metrics.count_sync(&flow, "failed");
+        let attempts = lead.attempts;
+        if error.is_retryable() && attempts < i64::from(self.settings.max_attempts) {
+            let delay = backoff(
+                attempts,
+                self.settings.base_delay,
+                self.settings.max_delay,
+                error.retry_after,
+            );
+            tracing::warn!(flow = %flow, %error, attempts, retry_in_ms = delay.as_millis() as u64, "sync failed; will retry");
+            for id in &ids {
+                self.journal
+                    .retry_later(*id, &self.owner, delay, &error.to_string())
+                    .await?;
+            }
+            return Ok(());
+        }
+        tracing::error!(flow = %flow, %error, attempts, "sync failed for good; dead-lettered");
+        let letter = NewDeadLetter {
+            flow: Some(flow.clone()),
+            connector: error.connector.clone(),
+            operation,
+            payload: json!({
+                "write": payload,
+                "change": {
+                    "op": lead.op.as_str(),
+                    "snapshot": Value::Object(work.snapshot.clone()),
+                    "origin": lead.origin.as_str(),
+                },
+                "error_kind": error.kind.as_str(),
+            }),
+            http_status: error.status,
+            vendor_code: error.code.clone(),
+            vendor_message: Some(error.message.clone()),
+            first_failed_at: now_ms(),
+        };
+        self.journal
+            .dead_letter(lead.id, &self.owner, letter)
+            .await?;
+        self.metrics.count_dead_letter(&flow, &error.connector);
+        // The coalesced followers ride on the lead's dead letter: a replay reads fresh state,
+        // which holds their values too.
+        if ids.len() > 1 {
+            let settlement = Settlement {
+                outcome: "dead".into(),
+                detail: json!({ "dead_with": lead.id }),
+                ..Settlement::default()
+            };
+            self.journal
+                .settle(&ids[1..], &self.owner, &settlement, None)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The lead change with its followers' values on top: the latest value of every field.
+fn coalesce(lead: &Change, followers: &[Change]) -> Work {
+    let mut snapshot = Map::new();
+    let mut op = lead.op;
+    let mut modified_at = lead.source_modified_at;
+    let mut origin = lead.origin;
+    for change in std::iter::once(lead).chain(followers) {
+        if let Value::Object(fields) = &change.snapshot {
+            snapshot.extend(fields.clone());
+        }
+        op = change.op;
+        origin = change.origin;
+        modified_at = match (modified_at, change.source_modified_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => b.or(a),
+        };
+        if change.op == ChangeOp::Delete {
+            snapshot.clear();
+        }
+    }
+    // An empty snapshot from a replay or a gap event means "read it": keep it empty rather
+    // than half-filled by older changes, so the engine reads fresh state.
+    if followers
+        .last()
+        .is_some_and(|c| c.snapshot.as_object().is_some_and(Map::is_empty))
+    {
+        snapshot.clear();
+        modified_at = None;
+    }
+    Work {
+        connector: lead.connector.clone(),
+        object: lead.object.clone(),
+        record_id: lead.record_id.clone(),
+        op,
+        snapshot,
+        modified_at,
+        origin,
+        attempts: lead.attempts,
+        lead: lead.id,
+    }
+}
+
+/// Start one dispatcher per connector until `shutdown`.
+pub fn spawn(
+    settings: Arc<Settings>,
+    connectors: Connectors,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> JoinSet<()> {
+    let engine = Arc::new(Engine::new(
+        settings.clone(),
+        connectors.clone(),
+        journal.clone(),
+    ));
+    let mut tasks = JoinSet::new();
+    for (name, _) in connectors.iter() {
+        let dispatcher = Dispatcher {
+            connector: name.clone(),
+            owner: format!("{name}-{}", uuid::Uuid::new_v4()),
+            engine: engine.clone(),
+            journal: journal.clone(),
+            metrics: metrics.clone(),
+            settings: settings.dispatch.clone(),
+        };
+        let shutdown = shutdown.clone();
+        let idle = settings.dispatch.idle_wait;
+        tasks.spawn(async move {
+            loop {
+                let claimed = tokio::select! {
+                    result = dispatcher.run_once() => result,
+                    () = shutdown.cancelled() => return,
+                };
+                let wait = match claimed {
+                    Ok(0) => idle,
+                    Ok(_) => Duration::ZERO,
+                    Err(error) => {
+                        tracing::warn!(connector = %dispatcher.connector, %error, "claiming changes failed");
+                        idle
+                    }
+                };
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        });
+    }
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_jittered_and_honours_retry_after() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        for attempts in 1..=20 {
+            let ceiling = base.saturating_mul(1 << (attempts - 1).min(30)).min(max);
+            let delay = backoff(attempts, base, max, None);
+            assert!(delay <= ceiling, "{attempts}: {delay:?} > {ceiling:?}");
+        }
+        assert!(backoff(1, base, max, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,801 @@
+//! The dead-letter admin API end to end: the real app on loopback over a real SQLite file, dead
+//! letters made the way the dispatcher makes them (append, claim, dead-letter).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{spawn_app, spawn_app_with, TestApp};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::{json, Value};
+use tandem::journal::{
+    ChangeId, DeadLetterId, DeadLetterStatus, NewChange, NewDeadLetter, ReplayError,
+};
+
+const TOKEN: &str = "admin-token-for-tests";
+const LEASE: Duration = Duration::from_secs(60);
+
+/// The app with `admin.token` read from a file, as a deployment would configure it.
+async fn spawn_admin() -> TestApp {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("admin-token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    // The secret is read while settings load; the file need not outlive this call.
+    spawn_app_with(&format!(
+        "[admin]\ntoken = {{ file = \"{}\" }}\n",
+        file.display()
+    ))
+    .await
+}
+
+fn request(app: &TestApp, method: Method, path: &str) -> RequestBuilder {
+    app.client.request(method, app.url(path)).bearer_auth(TOKEN)
+}
+
+async fn get(app: &TestApp, path: &str) -> Response {
+    request(app, Method::GET, path).send().await.unwrap()
+}
+
+async fn json(response: Response) -> Value {
+    response.json().await.unwrap()
+}
+
+/// What a dead letter is about.
+#[derive(Clone, Copy)]
+struct Failure<'a> {
+    record: &'a str,
+    flow: &'a str,
+    connector: &'a str,
+    code: &'a str,
+}
+
+const DEFAULT: Failure<'static> = Failure {
+    record: "JIRA-1",
+    flow: "support",
+    connector: "sf",
+    code: "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+};
+
+/// Fail a fresh change for `failure.record` the way the dispatcher does. Tests make their letters
+/// before replaying any: a replay's pending change would otherwise be claimed here.
+async fn dead_letter(app: &TestApp, failure: Failure<'_>) -> (ChangeId, DeadLetterId) {
+    dead_letter_for(app, common::change(failure.record, &unique_key()), failure).await
+}
+
+async fn dead_letter_for(
+    app: &TestApp,
+    change: NewChange,
+    failure: Failure<'_>,
+) -> (ChangeId, DeadLetterId) {
+    let id = app.journal.append(change).await.unwrap().id();
+    let claimed = app.journal.claim("worker", 1, LEASE).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
+    let letter = app
+        .journal
+        .dead_letter(
+            id,
+            "worker",
+            NewDeadLetter {
+                flow: Some(failure.flow.into()),
+                connector: failure.connector.into(),
+                operation: "update Case".into(),
+                payload: json!({ "Subject": format!("from {}", failure.record) }),
+                http_status: Some(400),
+                vendor_code: Some(failure.code.into()),
+                vendor_message: Some("Subject is invalid".into()),
+                first_failed_at: 1_700_000_000_000,
+            },
+        )
+        .await
+        .unwrap();
+    (id, letter)
+}
+
+fn unique_key() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("event-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn ids(body: &Value) -> Vec<i64> {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].as_i64().unwrap())
+        .collect()
+}
+
+async fn letter_status(app: &TestApp, id: DeadLetterId) -> (String, Option<i64>, Option<i64>) {
+    sqlx::query_as("SELECT status, resolved_at, replay_change_id FROM dead_letters WHERE id = ?")
+        .bind(id.0)
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap()
+}
+
+async fn assert_error(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    let body = json(response).await;
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn without_a_configured_token_the_admin_api_is_refused_not_open() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/v1/dead-letters",
+        "/api/v1/dead-letters/1",
+        "/api/v1/nope",
+    ] {
+        let response = get(&app, path).await;
+        let body = assert_error(response, 503, "admin_disabled").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("admin.token"),
+            "{body}"
+        );
+    }
+    let response = app
+        .client
+        .post(app.url("/api/v1/dead-letters/replay"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 503, "admin_disabled").await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_endpoint_wants_the_right_bearer_token() {
+    let app = spawn_admin().await;
+    let (_, shown) = dead_letter(&app, DEFAULT).await;
+    let (_, replayed) = dead_letter(
+        &app,
+        Failure {
+            record: "JIRA-2",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, discarded) = dead_letter(
+        &app,
+        Failure {
+            record: "JIRA-3",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, bulk) = dead_letter(
+        &app,
+        Failure {
+            record: "JIRA-4",
+            code: "BULK",
+            ..DEFAULT
+        },
+    )
+    .await;
+
+    let endpoints: Vec<(Method, String, Option<Value>, u16)> = vec![
+        (Method::GET, "/api/v1/dead-letters".into(), None, 200),
+        (
+            Method::GET,
+            format!("/api/v1/dead-letters/{shown}"),
+            None,
+            200,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dead-letters/{replayed}/replay"),
+            None,
+            202,
+        ),
+        (
+            Method::POST,
+            "/api/v1/dead-letters/replay".into(),
+            Some(json!({ "code": "BULK" })),
+            202,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/dead-letters/{discarded}"),
+            None,
+            204,
+        ),
+        (Method::GET, "/api/v1/no-such-thing".into(), None, 404),
+    ];
+    let wrong = [
+        None,
+        Some("Basic YWRtaW46YWRtaW4=".to_string()),
+        Some("Bearer".to_string()),
+        Some(format!("Bearer {TOKEN}x")),
+        Some("Bearer short".to_string()),
+        // Same length, last byte differs.
+        Some(format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1])),
+    ];
+    for (method, path, body, ok) in &endpoints {
+        for authorization in &wrong {
+            let mut req = app.client.request(method.clone(), app.url(path));
+            if let Some(value) = authorization {
+                req = req.header("authorization", value);
+            }
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let response = req.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                401,
+                "{method} {path} with {authorization:?}"
+            );
+            assert!(response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"));
+            assert_error(response, 401, "unauthorized").await;
+        }
+        // The right token succeeds: none of the refused requests acted.
+        let mut req = request(&app, method.clone(), path);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), *ok, "{method} {path}");
+        if *ok == 404 {
+            assert_error(response, 404, "not_found").await;
+        }
+    }
+    assert_eq!(letter_status(&app, shown).await.0, "open");
+    assert_eq!(letter_status(&app, replayed).await.0, "replayed");
+    assert_eq!(letter_status(&app, discarded).await.0, "discarded");
+    assert_eq!(letter_status(&app, bulk).await.0, "replayed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listing_filters_by_flow_connector_code_time_and_status() {
+    let app = spawn_admin().await;
+    let (_, a) = dead_letter(&app, DEFAULT).await;
+    let (_, b) = dead_letter(
+        &app,
+        Failure {
+            record: "JIRA-2",
+            flow: "billing",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, c) = dead_letter(
+        &app,
+        Failure {
+            record: "JIRA-3",
+            connector: "jira",
+            code: "INVALID_FIELD",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, d) = dead_letter(
+        &app,
+        Failure {
+            record: "JIRA-4",
+            ..DEFAULT
+        },
+    )
+    .await;
+    // Known failure times: a and b in 2023, c and d in 2024.
+    for (id, at) in [
+        (a, 1_700_000_000_000_i64),
+        (b, 1_700_000_100_000),
+        (c, 1_704_067_200_000),
+        (d, 1_704_067_300_000),
+    ] {
+        sqlx::query("UPDATE dead_letters SET last_failed_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id.0)
+            .execute(app.journal.pool())
+            .await
+            .unwrap();
+    }
+    app.journal.discard_dead_letter(d).await.unwrap();
+
+    let list = |query: &'static str| {
+        let app = &app;
+        async move {
+            let response = get(app, &format!("/api/v1/dead-letters{query}")).await;
+            assert_eq!(response.status(), 200, "{query}");
+            ids(&json(response).await)
+        }
+    };
+    // Open only by default, newest first.
+    assert_eq!(list("").await, vec![c.0, b.0, a.0]);
+    assert_eq!(list("?status=any").await, vec![d.0, c.0, b.0, a.0]);
+    assert_eq!(list("?status=discarded").await, vec![d.0]);
+    assert_eq!(list("?status=replayed").await, Vec::<i64>::new());
+    assert_eq!(list("?flow=billing").await, vec![b.0]);
+    assert_eq!(list("?connector=jira").await, vec![c.0]);
+    assert_eq!(list("?code=INVALID_FIELD").await, vec![c.0]);
+    assert_eq!(
+        list("?code=FIELD_CUSTOM_VALIDATION_EXCEPTION&flow=support").await,
+        vec![a.0]
+    );
+    // `since` inclusive, `until` exclusive; RFC 3339 or epoch milliseconds.
+    assert_eq!(list("?since=2024-01-01T00:00:00Z").await, vec![c.0]);
+    assert_eq!(
+        list("?since=2024-01-01T00:00:00Z&status=any").await,
+        vec![d.0, c.0]
+    );
+    assert_eq!(list("?until=1700000100000").await, vec![a.0]);
+    assert_eq!(
+        list("?since=1700000000000&until=2024-01-01T01:00:00%2B01:00").await,
+        vec![b.0, a.0]
+    );
+    assert_eq!(list("?flow=").await, vec![c.0, b.0, a.0]);
+
+    let response = get(&app, "/api/v1/dead-letters?status=any").await;
+    let body = json(response).await;
+    let item = &body["items"][3];
+    assert_eq!(body["next_cursor"], Value::Null);
+    assert_eq!(item["id"], a.0);
+    assert_eq!(item["flow"], "support");
+    assert_eq!(item["connector"], "sf");
+    assert_eq!(item["source_connector"], "jira");
+    assert_eq!(item["object"], "issue");
+    assert_eq!(item["record_id"], "JIRA-1");
+    assert_eq!(item["operation"], "update Case");
+    assert_eq!(item["http_status"], 400);
+    assert_eq!(item["vendor_code"], "FIELD_CUSTOM_VALIDATION_EXCEPTION");
+    assert_eq!(item["vendor_message"], "Subject is invalid");
+    assert_eq!(item["attempts"], 1);
+    assert_eq!(item["first_failed_at"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(item["last_failed_at"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(item["status"], "open");
+    assert_eq!(item["replay_change_id"], Value::Null);
+    assert!(item.get("payload").is_none(), "lists leave payloads out");
+
+    for (query, mentions) in [
+        ("since=yesterday", "since"),
+        ("until=2024-13-01T00:00:00Z", "until"),
+        ("status=closed", "status"),
+        ("limit=ten", "limit"),
+        ("limit=0", "limit"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("conector=sf", "conector"),
+    ] {
+        let response = get(&app, &format!("/api/v1/dead-letters?{query}")).await;
+        let body = assert_error(response, 400, "bad_request").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(mentions),
+            "{query}: {body}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pages_hold_exactly_the_original_letters_while_new_ones_arrive() {
+    let app = spawn_admin().await;
+    let mut original = Vec::new();
+    for n in 0..25 {
+        let record = format!("P-{n}");
+        let (_, id) = dead_letter(
+            &app,
+            Failure {
+                record: &record,
+                ..DEFAULT
+            },
+        )
+        .await;
+        original.push(id.0);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    let mut arrivals = 0;
+    loop {
+        let path = match &cursor {
+            None => "/api/v1/dead-letters?limit=10".to_string(),
+            Some(cursor) => format!("/api/v1/dead-letters?limit=10&cursor={cursor}"),
+        };
+        let body = json(get(&app, &path).await).await;
+        pages += 1;
+        seen.extend(ids(&body));
+        // New failures land between page requests.
+        for _ in 0..3 {
+            let record = format!("NEW-{arrivals}");
+            arrivals += 1;
+            dead_letter(
+                &app,
+                Failure {
+                    record: &record,
+                    ..DEFAULT
+                },
+            )
+            .await;
+        }
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3);
+    let mut expected = original.clone();
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, no repeats, no gaps");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 25);
+
+    // The arrivals are on a fresh first page.
+    let body = json(get(&app, "/api/v1/dead-letters?limit=500").await).await;
+    assert_eq!(ids(&body).len(), 25 + arrivals);
+    assert_eq!(body["next_cursor"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn replaying_a_letter_appends_a_fresh_change_for_the_same_record() {
+    let app = spawn_admin().await;
+    let (original, letter) = dead_letter(&app, DEFAULT).await;
+
+    let shown = json(get(&app, &format!("/api/v1/dead-letters/{letter}")).await).await;
+    assert_eq!(shown["payload"], json!({ "Subject": "from JIRA-1" }));
+    assert_eq!(shown["change_id"], original.0);
+    assert_eq!(shown["op"], "upsert");
+    assert_eq!(shown["origin"], "webhook");
+    // The change's own snapshot, as the dispatcher saw it.
+    assert!(shown["snapshot"]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("edit event-"));
+
+    let response = request(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dead-letters/{letter}/replay"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 202);
+    let body = json(response).await;
+    assert_eq!(body["dead_letter"], letter.0);
+    let replay = body["change_id"].as_i64().unwrap();
+    assert!(replay > original.0);
+
+    let row: (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+        String,
+        String,
+    ) = sqlx::query_as(
+        "SELECT connector, object, record_id, op, snapshot, source_modified_at, origin, status
+               FROM changes WHERE id = ?",
+    )
+    .bind(replay)
+    .fetch_one(app.journal.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "jira".into(),
+            "issue".into(),
+            "JIRA-1".into(),
+            "upsert".into(),
+            "{}".into(),
+            None,
+            "replay".into(),
+            "pending".into()
+        )
+    );
+    let (status, resolved_at, replay_change_id) = letter_status(&app, letter).await;
+    assert_eq!(status, "replayed");
+    assert!(resolved_at.is_some());
+    assert_eq!(replay_change_id, Some(replay));
+
+    let shown = json(get(&app, &format!("/api/v1/dead-letters/{letter}")).await).await;
+    assert_eq!(shown["status"], "replayed");
+    assert_eq!(shown["replay_change_id"], replay);
+    assert!(shown["resolved_at"].is_string());
+
+    // Twice is a conflict, and says why.
+    let again = request(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dead-letters/{letter}/replay"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let body = assert_error(again, 409, "not_open").await;
+    assert_eq!(body["error"]["status"], "replayed");
+    let discard = request(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/dead-letters/{letter}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_error(discard, 409, "not_open").await;
+
+    // The sync engine picks the replay up like any change, with nothing stale to apply.
+    let claimed = app.journal.claim("engine", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, ChangeId(replay));
+    assert_eq!(claimed[0].snapshot, json!({}));
+    assert_eq!(claimed[0].origin, tandem::journal::Origin::Replay);
+
+    let missing = request(&app, Method::POST, "/api/v1/dead-letters/999999/replay")
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 404, "not_found").await;
+    for path in [
+        "/api/v1/dead-letters/abc/replay",
+        "/api/v1/dead-letters/-1/replay",
+    ] {
+        let response = request(&app, Method::POST, path).send().await.unwrap();
+        assert_error(response, 400, "bad_request").await;
+    }
+    assert_error(
+        get(&app, "/api/v1/dead-letters/999999").await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        get(&app, "/api/v1/dead-letters/1.5").await,
+        400,
+        "bad_request",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_replay_takes_the_open_letters_matching_its_filter() {
+    let app = spawn_admin().await;
+    let mut ids = Vec::new();
+    for (record, code, flow) in [
+        ("A-1", "A", "support"),
+        ("A-2", "A", "support"),
+        ("A-3", "A", "support"),
+        ("B-1", "B", "billing"),
+        ("B-2", "B", "support"),
+    ] {
+        let failure = Failure {
+            record,
+            code,
+            flow,
+            ..DEFAULT
+        };
+        ids.push(dead_letter(&app, failure).await.1);
+    }
+    let [a1, a2, a3, b1, b2] = ids[..] else {
+        unreachable!("five letters")
+    };
+    app.journal.discard_dead_letter(a3).await.unwrap();
+
+    let replay = |body: &'static str| {
+        let app = &app;
+        async move {
+            request(app, Method::POST, "/api/v1/dead-letters/replay")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for bad in [
+        "",
+        "{",
+        "[]",
+        r#"{"status":"discarded"}"#,
+        r#"{"since":"last week"}"#,
+    ] {
+        assert_error(replay(bad).await, 400, "bad_request").await;
+    }
+    let response = replay(r#"{"code":"A"}"#).await;
+    assert_eq!(response.status(), 202);
+    let body = json(response).await;
+    assert_eq!(body["replayed"], 2, "the discarded A is not replayed");
+    assert_eq!(body["change_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(body["more"], false);
+    for letter in [a1, a2] {
+        assert_eq!(letter_status(&app, letter).await.0, "replayed");
+    }
+    assert_eq!(letter_status(&app, a3).await.0, "discarded");
+
+    let body = json(replay(r#"{"flow":"billing","until":4102444800000}"#).await).await;
+    assert_eq!(body["replayed"], 1);
+    assert_eq!(body["dead_letters"], json!([b1.0]));
+    let body = json(replay(r#"{"since":"2100-01-01T00:00:00Z"}"#).await).await;
+    assert_eq!(body["replayed"], 0);
+
+    let body = json(replay("{}").await).await;
+    assert_eq!(
+        body["dead_letters"],
+        json!([b2.0]),
+        "only b2 was still open"
+    );
+    let (_, _, change) = letter_status(&app, b2).await;
+    assert_eq!(body["change_ids"], json!([change.unwrap()]));
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM changes WHERE origin = 'replay' AND status = 'pending'",
+    )
+    .fetch_one(app.journal.pool())
+    .await
+    .unwrap();
+    assert_eq!(pending, 4);
+    assert_eq!(json(replay("{}").await).await["replayed"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn discarding_resolves_a_letter_once() {
+    let app = spawn_admin().await;
+    let (_, letter) = dead_letter(&app, DEFAULT).await;
+    let path = format!("/api/v1/dead-letters/{letter}");
+    let response = request(&app, Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let (status, resolved_at, replay) = letter_status(&app, letter).await;
+    assert_eq!((status.as_str(), replay), ("discarded", None));
+    assert!(resolved_at.is_some());
+
+    let again = request(&app, Method::DELETE, &path).send().await.unwrap();
+    let body = assert_error(again, 409, "not_open").await;
+    assert_eq!(body["error"]["status"], "discarded");
+    let replay = request(&app, Method::POST, &format!("{path}/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(replay, 409, "not_open").await;
+
+    let missing = request(&app, Method::DELETE, "/api/v1/dead-letters/424242")
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 404, "not_found").await;
+    let bad = request(&app, Method::DELETE, "/api/v1/dead-letters/x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "bad_request").await;
+    let replays: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes WHERE origin = 'replay'")
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(replays, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn superseding_marks_only_that_records_open_letters() {
+    let app = spawn_admin().await;
+    let (_, r1) = dead_letter(
+        &app,
+        Failure {
+            record: "R",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, r2) = dead_letter(
+        &app,
+        Failure {
+            record: "R",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, r3) = dead_letter(
+        &app,
+        Failure {
+            record: "R",
+            ..DEFAULT
+        },
+    )
+    .await;
+    let (_, other_record) = dead_letter(
+        &app,
+        Failure {
+            record: "S",
+            ..DEFAULT
+        },
+    )
+    .await;
+    // Same record id in another connector's object: a different record.
+    let mut elsewhere = common::change("R", &unique_key());
+    elsewhere.connector = "salesforce".into();
+    elsewhere.object = "Case".into();
+    let (_, other_connector) = dead_letter_for(&app, elsewhere, DEFAULT).await;
+    app.journal.discard_dead_letter(r2).await.unwrap();
+
+    let marked = app
+        .journal
+        .supersede_dead_letters("jira", "issue", "R")
+        .await
+        .unwrap();
+    assert_eq!(marked, 2);
+    for (letter, status) in [
+        (r1, "superseded"),
+        (r2, "discarded"),
+        (r3, "superseded"),
+        (other_record, "open"),
+        (other_connector, "open"),
+    ] {
+        assert_eq!(letter_status(&app, letter).await.0, status, "{letter}");
+    }
+    assert!(letter_status(&app, r1).await.1.is_some());
+    assert_eq!(
+        app.journal
+            .supersede_dead_letters("jira", "issue", "R")
+            .await
+            .unwrap(),
+        0
+    );
+    let body = json(get(&app, "/api/v1/dead-letters?status=superseded").await).await;
+    assert_eq!(ids(&body), vec![r3.0, r1.0]);
+    let replay = request(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dead-letters/{r1}/replay"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let body = assert_error(replay, 409, "not_open").await;
+    assert_eq!(body["error"]["status"], "superseded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_replays_of_one_letter_append_exactly_one_change() {
+    let app = spawn_admin().await;
+    let (_, letter) = dead_letter(&app, DEFAULT).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let journal = app.journal.clone();
+        tasks.spawn(async move { journal.replay_dead_letter(letter).await });
+    }
+    let mut replayed = Vec::new();
+    let mut refused = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(change) => replayed.push(change),
+            Err(ReplayError::NotOpen { status, .. }) => {
+                assert_eq!(status, DeadLetterStatus::Replayed);
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!((replayed.len(), refused), (1, 7));
+    let replays: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes WHERE origin = 'replay'")
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(replays, 1);
+    assert_eq!(
+        letter_status(&app, letter).await.2,
+        Some(replayed[0].0),
+        "the letter points at the one change that was appended"
+    );
+    app.stop().await;
+}
