@@ -61,6 +61,7 @@ struct World {
     sims: Sims,
     app: TestApp,
     http: reqwest::Client,
+    settings: tandem::config::Settings,
 }
 
 impl World {
@@ -73,7 +74,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let config = sims.config(&dir, &format!("{flow}\n{extra}"));
         let settings = common::settings(&dir, &config);
-        let app = common::spawn_with(settings, dir).await;
+        let app = common::spawn_with(settings.clone(), dir).await;
         sims.jira
             .add_webhook(&app.url("/webhooks/jira"), Some(JIRA_SECRET), None);
         sims.sf
@@ -96,6 +97,7 @@ impl World {
             sims,
             app,
             http: reqwest::Client::new(),
+            settings,
         }
     }
 
@@ -127,6 +129,53 @@ impl World {
         let issue = self.wait_counterpart(None, Some(&case)).await;
         self.settle().await;
         (case, issue)
+    }
+
+    /// Both records' current state enters the journal in one transaction, as two notifications
+    /// arriving together would: neither side's change can be carried out before the other is
+    /// seen.
+    async fn observe_together(&self, issue: &str, case: &str) {
+        let connectors = tandem::connectors::Connectors::build(
+            &self.settings,
+            &tandem::connectors::CallStats::default(),
+        )
+        .unwrap();
+        let mut changes = Vec::new();
+        for (connector, object, id) in [("jira", "issue", issue), ("salesforce", "Case", case)] {
+            let record = connectors
+                .get(connector)
+                .unwrap()
+                .read(object, id, &[])
+                .await
+                .unwrap()
+                .unwrap();
+            changes.push(tandem::journal::NewChange {
+                connector: connector.into(),
+                object: object.into(),
+                record_id: id.into(),
+                op: tandem::journal::ChangeOp::Upsert,
+                dedupe_key: tandem::connectors::state_key(
+                    connector,
+                    object,
+                    id,
+                    record.modified_at,
+                ),
+                snapshot: Value::Object(record.fields),
+                source_modified_at: Some(record.modified_at),
+                origin: tandem::journal::Origin::Poll,
+            });
+        }
+        self.app.journal.append_all(changes, None).await.unwrap();
+    }
+
+    /// A Jira user edits an issue's fields.
+    async fn edit_issue(&self, issue: &str, fields: Value) {
+        self.jira(
+            reqwest::Method::PUT,
+            &format!("/rest/api/3/issue/{issue}"),
+            Some(json!({ "fields": fields })),
+        )
+        .await;
     }
 
     /// An issue made in Jira in project SUP; its id.
@@ -290,11 +339,7 @@ async fn edits_follow_both_ways_and_each_comes_back_as_an_echo_not_a_write() {
 
     // One human edit in Jira: exactly one write in Salesforce, none back in Jira.
     world
-        .jira(
-            reqwest::Method::PUT,
-            &format!("/rest/api/3/issue/{issue}"),
-            Some(json!({"fields": {"summary": "edited in Jira"}})),
-        )
+        .edit_issue(&issue, json!({"summary": "edited in Jira"}))
         .await;
     world.settle().await;
     assert_eq!(
@@ -441,7 +486,15 @@ async fn a_target_down_opens_the_breaker_holds_everything_and_recovery_delivers_
             .await;
         issues.push(issue);
     }
-    // The breaker opens, and the changes wait in the journal.
+    // Every notification is in (acknowledged), the breaker opens, and the changes wait.
+    assert!(
+        world
+            .sims
+            .jira
+            .outbox()
+            .settle(Duration::from_secs(10))
+            .await
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = reqwest::get(world.app.url("/metrics"))
@@ -547,5 +600,281 @@ async fn retries_exhausted_leave_a_dead_letter_that_replays_over_http_once_the_t
         .await
         .unwrap();
     assert_eq!(shown["status"], "replayed");
+    world.stop().await;
+}
+
+/// Both sides edit the summary between syncs; `first` edits first. Returns the summary each
+/// side ends with, and the conflict the journal recorded.
+async fn conflict(policy: &str, first: &str) -> (String, String, Value) {
+    let flow = FLOW.replace(
+        "conflict = \"last_write_wins\"",
+        &format!("conflict = \"{policy}\""),
+    );
+    let world = World::start_with(&flow, "").await;
+    let (case, issue) = world.linked_case(json!({"Subject": "original"})).await;
+    // The edits reach Tandem only through `observe_together`.
+    for base in [world.sims.jira.base_url(), world.sims.sf.base_url()] {
+        faults(&base, json!({"drop_webhooks": true})).await;
+    }
+    let edit_jira = || async {
+        world
+            .edit_issue(&issue, json!({"summary": "from jira"}))
+            .await;
+    };
+    let edit_sf = || {
+        world
+            .sims
+            .sf
+            .update("Case", &case, json!({"Subject": "from sf"}))
+            .unwrap()
+    };
+    if first == "jira" {
+        edit_jira().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        edit_sf();
+    } else {
+        edit_sf();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        edit_jira().await;
+    }
+    world.observe_together(&issue, &case).await;
+    world.settle().await;
+    let jira = world.issue(&issue).await["fields"]["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sf = world.sims.sf.record(&case).unwrap()["Subject"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let details: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT detail FROM changes WHERE detail LIKE '%conflicts%'")
+            .fetch_all(world.app.journal.pool())
+            .await
+            .unwrap();
+    assert_eq!(details.len(), 1, "one conflict recorded: {details:?}");
+    let detail: Value = serde_json::from_str(details[0].as_deref().unwrap()).unwrap();
+    world.stop().await;
+    (
+        jira,
+        sf,
+        detail["support"]["detail"]["conflicts"][0].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_field_edited_on_both_sides_goes_to_the_last_writer_and_the_loser_is_kept() {
+    let (jira, sf, seen) = conflict("last_write_wins", "jira").await;
+    assert_eq!((jira.as_str(), sf.as_str()), ("from sf", "from sf"));
+    assert_eq!(seen["policy"], "last_write_wins");
+    assert_eq!(seen["winner"], "right");
+    assert_eq!(seen["left"], "from jira");
+    assert_eq!(seen["right"], "from sf");
+
+    let (jira, sf, seen) = conflict("last_write_wins", "sf").await;
+    assert_eq!((jira.as_str(), sf.as_str()), ("from jira", "from jira"));
+    assert_eq!(seen["winner"], "left");
+}
+
+#[tokio::test]
+async fn prefer_left_and_prefer_right_win_whoever_wrote_last() {
+    let (jira, sf, conflict_seen) = conflict("prefer_left", "jira").await;
+    assert_eq!((jira.as_str(), sf.as_str()), ("from jira", "from jira"));
+    assert_eq!(conflict_seen["winner"], "left");
+    let (jira, sf, conflict_seen) = conflict("prefer_right", "sf").await;
+    assert_eq!((jira.as_str(), sf.as_str()), ("from sf", "from sf"));
+    assert_eq!(conflict_seen["winner"], "right");
+}
+
+/// A worker claims the change for a Case, gets as far as `step`, and dies (its lease expires);
+/// the daemon then starts on the same database. Exactly one Jira issue must exist for the Case.
+async fn crash_during_create(step: &str) {
+    let sims = Sims::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = common::settings(&dir, &sims.config(&dir, FLOW));
+    let case = sims
+        .sf
+        .insert("Case", json!({"Subject": format!("crash {step}")}))
+        .unwrap();
+    {
+        let journal = tandem::journal::Journal::open(&settings.storage, &settings.journal)
+            .await
+            .unwrap();
+        journal.migrate().await.unwrap();
+        let connectors = tandem::connectors::Connectors::build(
+            &settings,
+            &tandem::connectors::CallStats::default(),
+        )
+        .unwrap();
+        let record = connectors
+            .get("salesforce")
+            .unwrap()
+            .read("Case", &case, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        journal
+            .append(tandem::journal::NewChange {
+                connector: "salesforce".into(),
+                object: "Case".into(),
+                record_id: case.clone(),
+                op: tandem::journal::ChangeOp::Upsert,
+                dedupe_key: format!("crash-{step}"),
+                snapshot: Value::Object(record.fields.clone()),
+                source_modified_at: Some(record.modified_at),
+                origin: tandem::journal::Origin::Webhook,
+            })
+            .await
+            .unwrap();
+        let claimed = journal
+            .claim_from("salesforce", "doomed", 10, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let lead = &claimed[0];
+        let engine = tandem::sync::engine::Engine::new(
+            std::sync::Arc::new(settings.clone()),
+            connectors,
+            journal.clone(),
+        );
+        let work = tandem::sync::engine::Work {
+            connector: lead.connector.clone(),
+            object: lead.object.clone(),
+            record_id: lead.record_id.clone(),
+            op: lead.op,
+            snapshot: lead.snapshot.as_object().unwrap().clone(),
+            modified_at: lead.source_modified_at,
+            origin: lead.origin,
+            attempts: lead.attempts,
+            lead: lead.id,
+        };
+        match step {
+            "before the remote call" => {}
+            "after the remote call" => {
+                let routes = engine.routes("salesforce", "Case");
+                let done = engine.sync(&work, &routes[0]).await.ok().unwrap();
+                assert_eq!(done.outcome, "created");
+                // ... and dies before the link and the change are committed.
+            }
+            "after the link commit" => {
+                let routes = engine.routes("salesforce", "Case");
+                let done = engine.sync(&work, &routes[0]).await.ok().unwrap();
+                let settlement = tandem::journal::Settlement {
+                    save: done.link.into_iter().collect(),
+                    outcome: done.outcome.into(),
+                    ..Default::default()
+                };
+                journal
+                    .settle(
+                        &[lead.id],
+                        "doomed",
+                        &settlement,
+                        Some(("salesforce", "Case", &case)),
+                    )
+                    .await
+                    .unwrap();
+            }
+            other => panic!("no step {other}"),
+        }
+        journal.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let app = common::spawn_with(settings, dir).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM changes WHERE connector = 'salesforce' AND status != 'done'",
+        )
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{step}: the change never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let issues: Vec<String> = sims
+        .jira
+        .store()
+        .issues
+        .values()
+        .filter(|issue| {
+            issue
+                .custom
+                .get("customfield_10050")
+                .and_then(Value::as_str)
+                == Some(case.as_str())
+        })
+        .map(|issue| issue.id.to_string())
+        .collect();
+    assert_eq!(issues.len(), 1, "{step}: {issues:?}");
+    let links = app.journal.links("support").await.unwrap();
+    assert!(links
+        .iter()
+        .any(|l| l.right_id == case && l.left_id == issues[0]));
+    app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_at_any_step_of_a_create_leaves_exactly_one_counterpart() {
+    for step in [
+        "before the remote call",
+        "after the remote call",
+        "after the link commit",
+    ] {
+        crash_during_create(step).await;
+    }
+}
+
+#[tokio::test]
+async fn salesforce_quota_spent_mid_run_pauses_then_resumes_and_nothing_is_lost() {
+    let world = World::start("").await;
+    let (_, first) = world.linked_case(json!({"Subject": "before"})).await;
+    // The org's allowance is spent (by Tandem or anyone): REQUEST_LIMIT_EXCEEDED.
+    world.sims.sf.set_api_usage(100_000);
+    let mut issues = vec![first];
+    for n in 0..4 {
+        issues.push(
+            world
+                .create_issue(json!({"summary": format!("while out of quota {n}")}))
+                .await,
+        );
+    }
+    // Paused and waiting, not dead-lettered: the changes stay in the journal.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let text = reqwest::get(world.app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"tandem_connector_pauses_total{connector="salesforce"}"#),
+        "{text}"
+    );
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(world.app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    for issue in &issues[1..] {
+        assert_eq!(world.counterpart(Some(issue), None).await, None);
+    }
+    // The allowance resets: the next probe succeeds and everything is delivered.
+    world.sims.sf.set_api_usage(0);
+    for issue in &issues[1..] {
+        world.wait_counterpart(Some(issue), None).await;
+    }
+    world.settle().await;
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(world.app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
     world.stop().await;
 }

@@ -237,6 +237,10 @@ pub struct LimitSettings {
     /// TCP/TLS connect timeout. Default `5s`.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// How long all calls stop when the vendor says its allowance is spent without saying
+    /// until when (Salesforce `REQUEST_LIMIT_EXCEEDED`); then one call probes. Default `60s`.
+    #[serde(default = "default_probe_after", with = "duration")]
+    pub probe_after: Duration,
 }
 
 impl Default for LimitSettings {
@@ -249,6 +253,7 @@ impl Default for LimitSettings {
             daily_budget_share: None,
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
+            probe_after: default_probe_after(),
         }
     }
 }
@@ -264,6 +269,9 @@ fn default_timeout() -> Duration {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_probe_after() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]

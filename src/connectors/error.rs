@@ -14,6 +14,9 @@ pub enum ErrorKind {
     RateLimited,
     /// Tandem's own daily budget for this connector is spent. Retryable after `retry_after`.
     Budget,
+    /// The connector's circuit breaker is open: the call was not made. Retryable after
+    /// `retry_after`.
+    CircuitOpen,
     /// A transient clash on the vendor's side (Jira 409, Salesforce `UNABLE_TO_LOCK_ROW`).
     /// Retryable.
     Conflict,
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::Server => "server",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Budget => "budget",
+            ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Auth => "auth",
             ErrorKind::Forbidden => "forbidden",
@@ -48,6 +52,15 @@ impl ErrorKind {
         }
     }
 
+    /// The call was held back by Tandem's own traffic control, not tried and failed: waiting
+    /// for it is not an attempt of the change.
+    pub fn is_held_back(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimited | ErrorKind::Budget | ErrorKind::CircuitOpen
+        )
+    }
+
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
@@ -55,6 +68,7 @@ impl ErrorKind {
                 | ErrorKind::Server
                 | ErrorKind::RateLimited
                 | ErrorKind::Budget
+                | ErrorKind::CircuitOpen
                 | ErrorKind::Conflict
         )
     }

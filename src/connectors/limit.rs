@@ -236,7 +236,7 @@ impl Limiter {
         Err(ConnectorError::new(
             &self.connector,
             operation,
-            ErrorKind::Server,
+            ErrorKind::CircuitOpen,
             format!(
                 "circuit breaker open after {} consecutive failures; next probe in {}s",
                 breaker.failures,
@@ -565,7 +565,7 @@ mod tests {
         }
         assert_eq!(limiter.breaker_state(), BreakerState::Open);
         let refused = limiter.acquire("x").await.err().unwrap();
-        assert_eq!(refused.kind, ErrorKind::Server);
+        assert_eq!(refused.kind, ErrorKind::CircuitOpen);
         assert!(refused.retry_after.is_some());
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(limiter.breaker_state(), BreakerState::HalfOpen);

@@ -213,6 +213,19 @@ impl Dispatcher {
         if !saved.is_empty() {
             self.journal.save_links(&saved).await?;
         }
+        if error.kind.is_held_back() {
+            // Quota, a vendor pause or an open breaker: the change waits its turn in the
+            // journal; it has not failed, so it uses up no attempt.
+            let delay = error
+                .retry_after
+                .unwrap_or(self.settings.base_delay)
+                .max(self.settings.base_delay);
+            tracing::info!(flow = %flow, %error, wait_ms = delay.as_millis() as u64, "held back; waiting");
+            for id in &ids {
+                self.journal.defer(*id, &self.owner, delay).await?;
+            }
+            return Ok(());
+        }
         self.metrics.count_sync(&flow, "failed");
         let attempts = lead.attempts;
         if error.is_retryable() && attempts < i64::from(self.settings.max_attempts) {

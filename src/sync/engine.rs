@@ -54,8 +54,9 @@ pub struct Done {
 pub enum Failed {
     /// The vendor refused or failed: retry or dead-letter by its kind.
     Vendor(Box<VendorFailure>),
-    /// An older change to the counterpart is being carried out right now: its link update is
-    /// not committed yet, and deciding now would mistake that write's echo for an edit.
+    /// An older change to the counterpart is unsettled: it goes first (its link update is not
+    /// committed yet, and deciding now would mistake that write's echo for an edit, or settle
+    /// a conflict twice).
     Busy,
     Journal(JournalError),
 }
@@ -311,9 +312,10 @@ impl Engine {
             .journal
             .unsettled(&t_conf.connector, &t_conf.object, &t_id, &[])
             .await?;
-        // The older of two changes to a linked pair goes first; the younger waits for its
-        // link update (the pair is serialised, never deadlocked).
-        if pending.iter().any(|c| c.in_flight && c.id < work.lead) {
+        // The oldest unsettled change of a linked pair goes first, and sees the younger ones
+        // (that is where a conflict is decided, once); a younger one waits for its link update.
+        // Ids are a total order, so the oldest never waits: no deadlock.
+        if pending.iter().any(|c| c.id < work.lead) {
             return Err(Failed::Busy);
         }
         let mut conflicts = Vec::new();

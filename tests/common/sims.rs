@@ -54,6 +54,7 @@ webhook_secret = {{ file = "{sf_token}" }}
 requests_per_second = 1000
 daily_budget = 100000
 timeout = "5s"
+probe_after = "300ms"
 {extra}
 "#,
             jira = self.jira.base_url(),

@@ -23,10 +23,6 @@ use super::{
 };
 use crate::config::SalesforceSettings;
 
-/// How long to stop all calls after `REQUEST_LIMIT_EXCEEDED`. Salesforce sends no
-/// `Retry-After` and its window is rolling: back off and probe, watching `Sforce-Limit-Info`.
-const LIMIT_PAUSE: Duration = Duration::from_secs(60);
-
 /// sObject Collections take at most 200 records a call.
 const COLLECTION_MAX: usize = 200;
 
@@ -43,6 +39,10 @@ const COMMENT_FIELDS: &str =
 pub struct SalesforceClient {
     http: Http,
     api_version: String,
+    /// How long to stop all calls after `REQUEST_LIMIT_EXCEEDED` (`limits.probe_after`).
+    /// Salesforce sends no `Retry-After` and its window is rolling: back off and probe,
+    /// watching `Sforce-Limit-Info`.
+    limit_pause: Duration,
     // Boxed: the `Connector` enum holds clients inline, and these are large.
     tokens: Box<auth::Tokens>,
     webhooks: Box<webhook::Settings>,
@@ -106,6 +106,7 @@ impl SalesforceClient {
         Ok(Self {
             http: Http::new(name, &settings.limits, stats)?,
             api_version: settings.api_version.clone(),
+            limit_pause: settings.limits.probe_after,
             tokens: Box::new(auth::Tokens::new(name, &settings.base_url, &settings.auth)?),
             webhooks: Box::new(webhook::Settings {
                 connector: name.to_string(),
@@ -213,8 +214,8 @@ impl SalesforceClient {
             .with_status(answer.status);
         if code.as_deref() == Some(LIMIT_EXCEEDED) {
             // No Retry-After comes with it: back off and probe.
-            self.http.limiter().pause(LIMIT_PAUSE);
-            error = error.with_retry_after(LIMIT_PAUSE);
+            self.http.limiter().pause(self.limit_pause);
+            error = error.with_retry_after(self.limit_pause);
         } else if let Some(after) = answer.retry_after() {
             error = error.with_retry_after(after);
         }
