@@ -878,3 +878,98 @@ async fn salesforce_quota_spent_mid_run_pauses_then_resumes_and_nothing_is_lost(
     assert_eq!(dead, 0);
     world.stop().await;
 }
+
+#[tokio::test]
+async fn an_edit_seen_by_webhook_and_by_poll_is_written_once() {
+    // Polls every 150 ms besides the webhooks: each state arrives both ways.
+    let flow = FLOW.replace(
+        "safety_poll_interval = \"1h\"",
+        "safety_poll_interval = \"150ms\"",
+    );
+    let world = World::start_with(&flow, "").await;
+    let (case, issue) = world.linked_case(json!({"Subject": "twice seen"})).await;
+    let before = world.writes().await;
+    world
+        .edit_issue(&issue, json!({"summary": "seen twice"}))
+        .await;
+    world.settle().await;
+    // Several more polls re-read both records.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    world.settle().await;
+    let after = world.writes().await;
+    assert_eq!(
+        world.sims.sf.record(&case).unwrap()["Subject"],
+        "seen twice"
+    );
+    assert_eq!(after.1 - before.1, 1, "one write in Salesforce");
+    assert_eq!(after.0 - before.0, 1, "the human edit only in Jira");
+    // The polls ran, read the same states, and stored nothing: the dedupe key of a record state
+    // is the same whichever way it arrives.
+    let text = reqwest::get(world.app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let runs: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"tandem_poll_runs_total{flow="support",connector="jira",result="ok"} "#,
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(runs >= 3, "{runs}");
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn deletes_follow_the_flows_policy() {
+    let flow = FLOW.replace(
+        "conflict = \"last_write_wins\"",
+        "conflict = \"last_write_wins\"\ndeletes = \"propagate\"",
+    );
+    let world = World::start_with(&flow, "").await;
+    let issue = world
+        .create_issue(json!({"summary": "to be deleted"}))
+        .await;
+    let case = world.wait_counterpart(Some(&issue), None).await;
+    world.settle().await;
+    let response = world
+        .http
+        .delete(format!(
+            "{}/rest/api/3/issue/{issue}",
+            world.sims.jira.base_url()
+        ))
+        .basic_auth("sim@example.com", Some("sim-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    world.settle().await;
+    assert_eq!(world.sims.sf.record(&case).unwrap()["_deleted"], true);
+    assert!(world.app.journal.links("support").await.unwrap().is_empty());
+    world.stop().await;
+
+    // The default, `unlink`: the counterpart stays, the pair is forgotten.
+    let world = World::start("").await;
+    let issue = world.create_issue(json!({"summary": "unlinked"})).await;
+    let case = world.wait_counterpart(Some(&issue), None).await;
+    world.settle().await;
+    world
+        .http
+        .delete(format!(
+            "{}/rest/api/3/issue/{issue}",
+            world.sims.jira.base_url()
+        ))
+        .basic_auth("sim@example.com", Some("sim-token"))
+        .send()
+        .await
+        .unwrap();
+    world.settle().await;
+    assert_eq!(world.sims.sf.record(&case).unwrap()["_deleted"], false);
+    assert!(world.app.journal.links("support").await.unwrap().is_empty());
+    world.stop().await;
+}
