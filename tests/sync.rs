@@ -973,3 +973,98 @@ async fn deletes_follow_the_flows_policy() {
     assert!(world.app.journal.links("support").await.unwrap().is_empty());
     world.stop().await;
 }
+
+#[tokio::test]
+async fn comments_follow_both_ways_once_each_and_edits_follow() {
+    let flow = FLOW.replace(
+        "conflict = \"last_write_wins\"",
+        "conflict = \"last_write_wins\"\ncomments = true",
+    );
+    let world = World::start_with(&flow, "").await;
+    world
+        .sims
+        .sf
+        .add_outbound_message(OutboundMessage {
+            url: world.app.url(&format!("/webhooks/salesforce/{SF_TOKEN}")),
+            object: "CaseComment".into(),
+            fields: ["ParentId", "CommentBody", "CreatedDate", "LastModifiedDate"]
+                .map(String::from)
+                .to_vec(),
+        })
+        .unwrap();
+    let (case, issue) = world.linked_case(json!({"Subject": "talk about it"})).await;
+    let connectors = tandem::connectors::Connectors::build(
+        &world.settings,
+        &tandem::connectors::CallStats::default(),
+    )
+    .unwrap();
+    let comments = |connector: &'static str, parent: String| {
+        let connectors = connectors.clone();
+        async move {
+            connectors
+                .get(connector)
+                .unwrap()
+                .comments(&parent)
+                .await
+                .unwrap()
+        }
+    };
+
+    // A Jira comment becomes a CaseComment, signed; nothing comes back.
+    let jira_comment = world
+        .jira(
+            reqwest::Method::POST,
+            &format!("/rest/api/3/issue/{issue}/comment"),
+            Some(json!({"body": tandem::adf::from_text("Customer called back")})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    world.settle().await;
+    let on_case = comments("salesforce", case.clone()).await;
+    assert_eq!(on_case.len(), 1);
+    assert_eq!(
+        tandem::sync::comments::unsign(&on_case[0].body),
+        (
+            "Customer called back".to_string(),
+            Some(("jira".to_string(), jira_comment.clone()))
+        )
+    );
+    assert_eq!(comments("jira", issue.clone()).await.len(), 1);
+
+    // A CaseComment becomes a Jira comment; nothing comes back.
+    world
+        .sims
+        .sf
+        .insert(
+            "CaseComment",
+            json!({"ParentId": case, "CommentBody": "Refund approved"}),
+        )
+        .unwrap();
+    world.settle().await;
+    let on_issue = comments("jira", issue.clone()).await;
+    assert_eq!(on_issue.len(), 2, "{on_issue:?}");
+    assert_eq!(
+        tandem::sync::comments::unsign(&on_issue[1].body).0,
+        "Refund approved"
+    );
+    assert_eq!(comments("salesforce", case.clone()).await.len(), 2);
+
+    // Editing the Jira comment edits its copy.
+    world
+        .jira(
+            reqwest::Method::PUT,
+            &format!("/rest/api/3/issue/{issue}/comment/{jira_comment}"),
+            Some(json!({"body": tandem::adf::from_text("Customer called back twice")})),
+        )
+        .await;
+    world.settle().await;
+    let on_case = comments("salesforce", case.clone()).await;
+    assert_eq!(
+        tandem::sync::comments::unsign(&on_case[0].body).0,
+        "Customer called back twice"
+    );
+    assert_eq!(on_case.len(), 2);
+    world.stop().await;
+}

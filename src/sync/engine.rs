@@ -78,12 +78,18 @@ impl From<JournalError> for Failed {
 }
 
 fn vendor(error: ConnectorError, operation: &str, payload: Value) -> Failed {
-    Failed::Vendor(Box::new(VendorFailure {
-        error,
-        operation: operation.to_string(),
-        payload,
-        link: None,
-    }))
+    Failed::vendor(error, operation, payload)
+}
+
+impl Failed {
+    pub fn vendor(error: ConnectorError, operation: &str, payload: Value) -> Failed {
+        Failed::Vendor(Box::new(VendorFailure {
+            error,
+            operation: operation.to_string(),
+            payload,
+            link: None,
+        }))
+    }
 }
 
 /// A flow a change feeds: the flow, its name and the side the change is on.
@@ -164,16 +170,34 @@ impl Engine {
 
     /// The flows a change to `connector`/`object` feeds (the flow writes to the other side).
     pub fn routes(&self, connector: &str, object: &str) -> Vec<Route<'_>> {
+        let comment = object == crate::connectors::COMMENT_OBJECT;
         let mut routes = Vec::new();
         for (name, flow) in &self.settings.flows {
             for side in [Side::Left, Side::Right] {
                 let s = side_of(flow, side);
-                if s.connector == connector && s.object == object && writes(flow.direction, side) {
+                let covers = if comment {
+                    flow.comments
+                } else {
+                    s.object == object
+                };
+                if s.connector == connector && covers && writes(flow.direction, side) {
                     routes.push(Route { name, flow, side });
                 }
             }
         }
         routes
+    }
+
+    pub(super) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub(super) fn side<'f>(&self, flow: &'f FlowSettings, side: Side) -> &'f SideSettings {
+        side_of(flow, side)
+    }
+
+    pub(super) fn connector_named(&self, name: &str) -> Result<&Connector, Failed> {
+        self.connector(name)
     }
 
     fn connector(&self, name: &str) -> Result<&Connector, Failed> {
@@ -215,6 +239,9 @@ impl Engine {
 
     /// Carry out one flow for one (coalesced) change.
     pub async fn sync(&self, work: &Work, route: &Route<'_>) -> Result<Done, Failed> {
+        if work.object == crate::connectors::COMMENT_OBJECT {
+            return self.sync_comment(work, route).await;
+        }
         let (flow, s) = (route.flow, route.side);
         let t = s.other();
         let (s_conf, t_conf) = (side_of(flow, s), side_of(flow, t));
