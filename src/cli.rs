@@ -1,5 +1,7 @@
 //! The `tandem` command line. Each command exists only once the work behind it does.
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +38,9 @@ pub enum Command {
     Migrate,
     /// Load and validate the configuration; explain every mistake; non-zero exit if any.
     CheckConfig,
+    /// Both emulators and the daemon in one process on loopback, with live edits on both
+    /// sides and what syncs printed as it happens. Ignores --config.
+    Demo(Box<demo::DemoArgs>),
     /// Run one vendor emulator on its own, until SIGTERM or Ctrl-C.
     Sim {
         #[command(subcommand)]
@@ -56,6 +61,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Sim { vendor } = cli.command {
         return run_sim(vendor, cli.log_format.unwrap_or(LogFormat::Pretty));
+    }
+    // The demo writes its own configuration: the layers in the working directory do not apply.
+    if let Command::Demo(args) = cli.command {
+        if cli.config.is_some() {
+            eprintln!("note: the demo writes its own configuration; --config is ignored");
+        }
+        return demo::main(*args, cli.log_format);
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
@@ -84,7 +96,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
-            Command::CheckConfig | Command::Sim { .. } => {
+            Command::CheckConfig | Command::Sim { .. } | Command::Demo(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

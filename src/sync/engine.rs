@@ -542,8 +542,10 @@ impl Engine {
                 }
             }
         }
-        // A webhook is not narrowed by the flow's filter the way a poll is.
-        if work.origin != Origin::Poll {
+        // A webhook is not narrowed by the flow's filter the way a poll is; and a poll read by
+        // one flow says nothing about another flow's filter on the same object.
+        let shared = self.routes(&work.connector, &work.object).len() > 1;
+        if work.origin != Origin::Poll || shared {
             if let Some(filter) = s_conf.filter.as_deref() {
                 let inside = source
                     .matches(&s_conf.object, &work.record_id, filter)
