@@ -119,6 +119,10 @@ pub struct DispatchSettings {
     /// Attempts before a change that keeps failing with retryable errors is dead-lettered.
     /// Default 8.
     pub max_attempts: u32,
+    /// A change still failing this long after it was received is dead-lettered even with
+    /// attempts left. Default `24h`.
+    #[serde(with = "types::duration")]
+    pub max_age: Duration,
     /// First retry delay; doubles per attempt, with full jitter. Default `1s`.
     #[serde(with = "types::duration")]
     pub base_delay: Duration,

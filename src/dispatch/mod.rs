@@ -228,7 +228,11 @@ impl Dispatcher {
         }
         self.metrics.count_sync(&flow, "failed");
         let attempts = lead.attempts;
-        if error.is_retryable() && attempts < i64::from(self.settings.max_attempts) {
+        let age = Duration::from_millis(u64::try_from(now_ms() - lead.received_at).unwrap_or(0));
+        if error.is_retryable()
+            && attempts < i64::from(self.settings.max_attempts)
+            && age < self.settings.max_age
+        {
             let delay = backoff(
                 attempts,
                 self.settings.base_delay,
