@@ -1066,5 +1066,25 @@ async fn comments_follow_both_ways_once_each_and_edits_follow() {
         "Customer called back twice"
     );
     assert_eq!(on_case.len(), 2);
+
+    // Deleting it, under the default `unlink`: the copy stays, the comment pair is forgotten,
+    // the record pair is not.
+    let response = world
+        .http
+        .delete(format!(
+            "{}/rest/api/3/issue/{issue}/comment/{jira_comment}",
+            world.sims.jira.base_url()
+        ))
+        .basic_auth("sim@example.com", Some("sim-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    world.settle().await;
+    assert_eq!(comments("salesforce", case.clone()).await.len(), 2);
+    let comment_links = world.app.journal.links("support/comments").await.unwrap();
+    assert_eq!(comment_links.len(), 1, "{comment_links:?}");
+    assert!(comment_links.iter().all(|l| l.left_id != jira_comment));
+    assert_eq!(world.app.journal.links("support").await.unwrap().len(), 1);
     world.stop().await;
 }

@@ -42,9 +42,6 @@ pub fn backoff(
     jittered.max(retry_after.unwrap_or_default())
 }
 
-/// How long a change waits while the other side of its pair is being carried out.
-const BUSY_WAIT: Duration = Duration::from_millis(50);
-
 pub struct Dispatcher {
     connector: String,
     owner: String,
@@ -162,9 +159,7 @@ impl Dispatcher {
                         json!({ "outcome": done.outcome, "detail": done.detail }),
                     );
                     saved.extend(done.link);
-                    if let Some(left_id) = done.unlink {
-                        removed.push((route.name.to_string(), left_id));
-                    }
+                    removed.extend(done.unlink);
                 }
                 Err(failed) => {
                     failure = Some((route.name.to_string(), failed));
@@ -187,18 +182,24 @@ impl Dispatcher {
         };
 
         // Flows that succeeded keep their links: their retry is then an echo, not a rewrite.
-        if matches!(failed, Failed::Busy) {
+        // Flows that succeeded keep their links, whatever happens to this one.
+        if let Failed::Busy(wait) = failed {
             if !saved.is_empty() {
                 self.journal.save_links(&saved).await?;
             }
             for id in &ids {
-                self.journal.defer(*id, &self.owner, BUSY_WAIT).await?;
+                self.journal.defer(*id, &self.owner, wait).await?;
             }
             return Ok(());
         }
         let (error, operation, payload, link) = match failed {
-            Failed::Journal(error) => return Err(error),
-            Failed::Busy => unreachable!("handled above"),
+            Failed::Journal(error) => {
+                if !saved.is_empty() {
+                    self.journal.save_links(&saved).await?;
+                }
+                return Err(error);
+            }
+            Failed::Busy(_) => unreachable!("handled above"),
             Failed::Vendor(failure) => {
                 let failure = *failure;
                 (
@@ -287,12 +288,27 @@ impl Dispatcher {
 }
 
 /// The lead change with its followers' values on top: the latest value of every field.
+///
+/// Followers come in arrival order, which is not always the order of the edits (webhooks can
+/// arrive out of order): if one is older than what came before it, the snapshot is dropped and
+/// the engine reads fresh state instead of trusting a merge.
 fn coalesce(lead: &Change, followers: &[Change]) -> Work {
     let mut snapshot = Map::new();
     let mut op = lead.op;
     let mut modified_at = lead.source_modified_at;
     let mut origin = lead.origin;
+    let mut read_fresh = false;
     for change in std::iter::once(lead).chain(followers) {
+        if let (Some(newest), Some(at)) = (modified_at, change.source_modified_at) {
+            if at < newest {
+                read_fresh = true;
+            }
+        }
+        if change.op == ChangeOp::Delete || op == ChangeOp::Delete {
+            // A delete's snapshot (a comment's parent) replaces what came before; an upsert
+            // after a delete (an undelete) starts again from its own.
+            snapshot.clear();
+        }
         if let Value::Object(fields) = &change.snapshot {
             snapshot.extend(fields.clone());
         }
@@ -302,16 +318,12 @@ fn coalesce(lead: &Change, followers: &[Change]) -> Work {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => b.or(a),
         };
-        if change.op == ChangeOp::Delete {
-            snapshot.clear();
-        }
     }
-    // An empty snapshot from a replay or a gap event means "read it": keep it empty rather
-    // than half-filled by older changes, so the engine reads fresh state.
-    if followers
+    // An empty snapshot (a replay, a gap event) also means "read it".
+    let last_empty = followers
         .last()
-        .is_some_and(|c| c.snapshot.as_object().is_some_and(Map::is_empty))
-    {
+        .is_some_and(|c| c.snapshot.as_object().is_some_and(Map::is_empty));
+    if (read_fresh || last_empty) && op != ChangeOp::Delete {
         snapshot.clear();
         modified_at = None;
     }

@@ -44,7 +44,12 @@ pub fn unsign(body: &str) -> (String, Option<(String, String)>) {
     (trimmed.to_string(), None)
 }
 
-fn done(outcome: &'static str, link: Option<Link>, unlink: Option<String>, detail: Value) -> Done {
+fn done(
+    outcome: &'static str,
+    link: Option<Link>,
+    unlink: Option<(String, String)>,
+    detail: Value,
+) -> Done {
     Done {
         outcome,
         link,
@@ -111,8 +116,11 @@ impl Engine {
                 .journal()
                 .unsettled(&s_conf.connector, &s_conf.object, &parent_id, &[])
                 .await?;
-            if !pending.is_empty() {
-                return Err(Failed::Busy);
+            if let Some(due) = pending.iter().map(|c| c.next_attempt_at).min() {
+                let wait = u64::try_from(due - crate::journal::now_ms()).unwrap_or(0);
+                return Err(Failed::Busy(std::time::Duration::from_millis(
+                    wait.clamp(50, 60_000),
+                )));
             }
             return Ok(done(
                 "skipped",
@@ -151,7 +159,12 @@ impl Engine {
                     None,
                     json!({"reason": "deletes are ignored"}),
                 )),
-                DeletePolicy::Unlink => Ok(done("unlinked", None, Some(link.left_id), json!({}))),
+                DeletePolicy::Unlink => Ok(done(
+                    "unlinked",
+                    None,
+                    Some((namespace.clone(), link.left_id)),
+                    json!({}),
+                )),
                 DeletePolicy::Propagate => {
                     match target.delete_comment(&t_parent, &t_id).await {
                         Ok(()) => {}
@@ -163,7 +176,7 @@ impl Engine {
                     Ok(done(
                         "deleted",
                         None,
-                        Some(link.left_id),
+                        Some((namespace.clone(), link.left_id)),
                         json!({ "counterpart": t_id }),
                     ))
                 }

@@ -41,8 +41,8 @@ pub struct Done {
     pub outcome: &'static str,
     /// The link to store (or `None`: leave it as it is).
     pub link: Option<Link>,
-    /// Remove the link of this left id.
-    pub unlink: Option<String>,
+    /// Remove this link: (link namespace, left id).
+    pub unlink: Option<(String, String)>,
     /// Why, for the record's history: conflicts with both values, the reason of a skip.
     pub detail: Value,
     /// API calls this decision spent on writes (not reads).
@@ -57,7 +57,7 @@ pub enum Failed {
     /// An older change to the counterpart is unsettled: it goes first (its link update is not
     /// committed yet, and deciding now would mistake that write's echo for an edit, or settle
     /// a conflict twice).
-    Busy,
+    Busy(std::time::Duration),
     Journal(JournalError),
 }
 
@@ -247,10 +247,27 @@ impl Engine {
         let (s_conf, t_conf) = (side_of(flow, s), side_of(flow, t));
         let source = self.connector(&s_conf.connector)?;
         let target = self.connector(&t_conf.connector)?;
-        let link = self
+        let mut link = self
             .journal
             .link(route.name, s == Side::Left, &work.record_id)
             .await?;
+        if let Some(found) = &link {
+            // Pairs are serialised: the oldest unsettled change of a linked pair goes first and
+            // sees the younger ones (conflicts are decided there, once); a younger one waits,
+            // before deciding anything, for the older one's link update. Ids are a total order,
+            // so the oldest never waits: no deadlock. The link is read again after the check:
+            // what an older change committed meanwhile is what this one decides on.
+            let t_id = match t {
+                Side::Left => &found.left_id,
+                Side::Right => &found.right_id,
+            };
+            self.wait_for_older(&t_conf.connector, &t_conf.object, t_id, work.lead)
+                .await?;
+            link = self
+                .journal
+                .link(route.name, s == Side::Left, &work.record_id)
+                .await?;
+        }
 
         if work.op == ChangeOp::Delete {
             return self.delete(work, route, link, target, t_conf).await;
@@ -280,7 +297,7 @@ impl Engine {
                 None => return Ok(skipped("the source record no longer exists")),
             }
         }
-        let mut values = Self::values(&rules, s, source.kind(), &snapshot);
+        let mut values = Self::values(&rules, s, &snapshot);
 
         let Some(mut link) = link else {
             return self
@@ -310,7 +327,7 @@ impl Engine {
                     .await?
                 {
                     Some(record) => {
-                        values = Self::values(&rules, s, source.kind(), &record.fields);
+                        values = Self::values(&rules, s, &record.fields);
                         modified_at = Some(record.modified_at);
                         if Self::changed(&rules, s, &values, &link).is_empty() {
                             return Ok(done("stale", None, json!({})));
@@ -339,12 +356,6 @@ impl Engine {
             .journal
             .unsettled(&t_conf.connector, &t_conf.object, &t_id, &[])
             .await?;
-        // The oldest unsettled change of a linked pair goes first, and sees the younger ones
-        // (that is where a conflict is decided, once); a younger one waits for its link update.
-        // Ids are a total order, so the oldest never waits: no deadlock.
-        if pending.iter().any(|c| c.id < work.lead) {
-            return Err(Failed::Busy);
-        }
         let mut conflicts = Vec::new();
         if !pending.is_empty() {
             let mut theirs = Map::new();
@@ -361,7 +372,7 @@ impl Engine {
                     keep.push((index, rule));
                     continue;
                 };
-                let their_value = mapping::own_form(rule, target.kind(), raw);
+                let their_value = mapping::own_form(rule, raw);
                 let ours = &values[&index];
                 let last = link.synced.get(&index).map(|v| synced_on(v, t).clone());
                 let ours_there = mapping::translate(rule, s, ours);
@@ -422,11 +433,7 @@ impl Engine {
         let mut fields = Map::new();
         for (index, rule) in &changed {
             let there = mapping::translate(rule, s, &values[index]);
-            mapping::set_path(
-                &mut fields,
-                t.path(rule),
-                mapping::encode(rule, target.kind(), &there),
-            );
+            mapping::put(&mut fields, rule, target.kind(), t.path(rule), &there);
         }
         let payload = Value::Object(fields.clone());
         let operation = format!("update {} {t_id}", t_conf.object);
@@ -450,6 +457,34 @@ impl Engine {
         })
     }
 
+    /// `Busy` while `record` has an unsettled change older than `lead`, with how long to wait:
+    /// until that change is due again (it may be backing off), within bounds.
+    pub(super) async fn wait_for_older(
+        &self,
+        connector: &str,
+        object: &str,
+        record_id: &str,
+        lead: ChangeId,
+    ) -> Result<(), Failed> {
+        let older = self
+            .journal
+            .unsettled(connector, object, record_id, &[])
+            .await?
+            .into_iter()
+            .filter(|c| c.id < lead)
+            .map(|c| c.next_attempt_at)
+            .min();
+        match older {
+            None => Ok(()),
+            Some(due) => {
+                let wait = u64::try_from(due - now_ms()).unwrap_or(0);
+                Err(Failed::Busy(std::time::Duration::from_millis(
+                    wait.clamp(50, 60_000),
+                )))
+            }
+        }
+    }
+
     async fn read(
         &self,
         connector: &Connector,
@@ -467,14 +502,13 @@ impl Engine {
     fn values(
         rules: &[(usize, &FieldRule)],
         side: Side,
-        kind: ConnectorKind,
         snapshot: &Map<String, Value>,
     ) -> BTreeMap<usize, Value> {
         rules
             .iter()
             .map(|(index, rule)| {
                 let raw = mapping::get_path(snapshot, side.path(rule)).unwrap_or(&Value::Null);
-                (*index, mapping::own_form(rule, kind, raw))
+                (*index, mapping::own_form(rule, raw))
             })
             .collect()
     }
@@ -537,6 +571,19 @@ impl Engine {
         if let Some(marker) = s_conf.marker.as_deref() {
             if let Some(Value::String(original)) = mapping::get_path(snapshot, marker) {
                 if !original.is_empty() {
+                    // The create that made this record may not have committed its link yet:
+                    // let it, then this change is an ordinary one on a linked pair.
+                    self.wait_for_older(&t_conf.connector, &t_conf.object, original, work.lead)
+                        .await?;
+                    if let Some(link) = self
+                        .journal
+                        .link(route.name, s == Side::Left, &work.record_id)
+                        .await?
+                    {
+                        // Linked meanwhile: nothing to create; the next change is compared
+                        // with what that link says.
+                        return Ok(done("echo", Some(link), json!({})));
+                    }
                     let link = new_link(original.clone(), all_synced);
                     return Ok(done("linked", Some(link), json!({})));
                 }
@@ -564,11 +611,7 @@ impl Engine {
                 continue;
             }
             let there = mapping::translate(rule, s, value);
-            mapping::set_path(
-                &mut fields,
-                t.path(rule),
-                mapping::encode(rule, target.kind(), &there),
-            );
+            mapping::put(&mut fields, rule, target.kind(), t.path(rule), &there);
         }
         let defaults = match t {
             Side::Left => &flow.defaults.left,
@@ -593,21 +636,26 @@ impl Engine {
                     .await
                     .map_err(|e| vendor(e, &operation, payload.clone()))?;
                 if let Some(found) = found {
-                    let mut link = new_link(found.id, BTreeMap::new());
-                    set_modified(&mut link, t, found.modified_at);
-                    // Nothing synced yet as far as the link knows: the next change (or this
-                    // one, retried by the dispatcher) writes every field as an update.
-                    return Err(Failed::Vendor(Box::new(VendorFailure {
-                        error: ConnectorError::new(
-                            &t_conf.connector,
-                            &operation,
-                            ErrorKind::Conflict,
-                            "the counterpart already existed (an earlier attempt created it); linked, fields follow as an update",
-                        ),
-                        operation,
-                        payload,
+                    // An earlier attempt created it: write the fields as an update (a create's
+                    // defaults, like Jira's project, are not editable) and link it.
+                    let mut update = Map::new();
+                    for (index, rule) in rules {
+                        let there = mapping::translate(rule, s, &values[index]);
+                        mapping::put(&mut update, rule, target.kind(), t.path(rule), &there);
+                    }
+                    target
+                        .update(&t_conf.object, &found.id, update)
+                        .await
+                        .map_err(|e| vendor(e, &operation, payload.clone()))?;
+                    let mut link = new_link(found.id.clone(), all_synced);
+                    set_modified(&mut link, t, now_ms());
+                    return Ok(Done {
+                        outcome: "linked",
                         link: Some(link),
-                    })));
+                        unlink: None,
+                        detail: json!({ "found_by_marker": found.id }),
+                        writes: 1,
+                    });
                 }
             }
         }
@@ -624,9 +672,13 @@ impl Engine {
         let mut link = new_link(created.id.clone(), all_synced);
         set_modified(&mut link, t, now_ms());
         if let Some(error) = created.incomplete {
-            // The record exists: keep the link, forget what was synced so the retry writes
-            // every field again as an update.
-            link.synced.clear();
+            // The record exists with everything but what failed after the create (a Jira
+            // status transition): keep the link and what landed, forget the status rules so
+            // the retry writes them as an update and their echo is not mistaken for an edit.
+            link.synced.retain(|index, _| {
+                let path = t.path(&flow.fields[*index]);
+                path != "status" && !path.starts_with("status.")
+            });
             return Err(Failed::Vendor(Box::new(VendorFailure {
                 error,
                 operation,
@@ -661,7 +713,7 @@ impl Engine {
         let mut result = Done {
             outcome: "unlinked",
             link: None,
-            unlink: Some(link.left_id.clone()),
+            unlink: Some((route.name.to_string(), link.left_id.clone())),
             detail: json!({ "counterpart": t_id }),
             writes: 0,
         };

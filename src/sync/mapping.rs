@@ -76,18 +76,21 @@ pub fn set_path(fields: &mut Map<String, Value>, path: &str, value: Value) {
 }
 
 /// A side's value in its comparable form.
-pub fn own_form(rule: &FieldRule, kind: ConnectorKind, raw: &Value) -> Value {
+pub fn own_form(rule: &FieldRule, raw: &Value) -> Value {
     match (rule.transform, raw) {
         (_, Value::Null) => Value::Null,
         (Some(Transform::AdfText), value) => {
             let text = if adf::is_document(value) {
                 adf::to_text(value)
             } else {
-                // Plain text already (the Salesforce side, or a v2 webhook string).
-                value
+                // Plain text (the Salesforce side, or a v2 webhook string), put through the same
+                // round trip Jira's side takes (CRLF, runs of blank lines), so a value compares
+                // equal to its own echo from Jira.
+                let text = value
                     .as_str()
                     .map(str::to_string)
-                    .unwrap_or_else(|| value.to_string())
+                    .unwrap_or_else(|| value.to_string());
+                adf::to_text(&adf::from_text(&text))
             };
             // Rich text round-trips with trailing whitespace differences; they are not edits.
             let text = text.trim_end().to_string();
@@ -100,10 +103,6 @@ pub fn own_form(rule: &FieldRule, kind: ConnectorKind, raw: &Value) -> Value {
         (Some(Transform::Datetime), Value::String(text)) => parse_datetime(text)
             .map(Value::from)
             .unwrap_or_else(|| raw.clone()),
-        // Salesforce sends numbers and booleans as text in Outbound Messages; Jira never does.
-        (None, Value::String(text)) if kind == ConnectorKind::Salesforce => {
-            Value::String(text.clone())
-        }
         (_, value) => value.clone(),
     }
 }
@@ -125,6 +124,27 @@ pub fn translate(rule: &FieldRule, from: Side, value: &Value) -> Value {
         },
     };
     mapped.map_or_else(|| value.clone(), |m| Value::String(m.clone()))
+}
+
+/// Put an own-form value into the fields of a write to a side of `kind`, at the rule's path
+/// on that side.
+pub fn put(
+    fields: &mut Map<String, Value>,
+    rule: &FieldRule,
+    kind: ConnectorKind,
+    path: &str,
+    value: &Value,
+) {
+    let encoded = encode(rule, kind, value);
+    match (kind, &encoded) {
+        // Jira clears an object field as a whole (`{"priority": null}`); a null inside it
+        // (`{"priority": {"name": null}}`) is refused.
+        (ConnectorKind::Jira, Value::Null) if path.contains('.') => {
+            let top = path.split('.').next().unwrap_or(path);
+            fields.insert(top.to_string(), Value::Null);
+        }
+        _ => set_path(fields, path, encoded),
+    }
 }
 
 /// Encode an own-form value for a write to a side of `kind`.
@@ -185,12 +205,9 @@ mod tests {
     fn rich_text_compares_as_text_and_is_written_as_adf_to_jira() {
         let r = rule("left = \"description\"\nright = \"Description\"\ntransform = \"adf_text\"");
         let doc = adf::from_text("Hello\nworld");
+        assert_eq!(own_form(&r, &doc), json!("Hello\nworld"));
         assert_eq!(
-            own_form(&r, ConnectorKind::Jira, &doc),
-            json!("Hello\nworld")
-        );
-        assert_eq!(
-            own_form(&r, ConnectorKind::Salesforce, &json!("Hello\nworld\n")),
+            own_form(&r, &json!("Hello\nworld\n")),
             json!("Hello\nworld")
         );
         assert_eq!(encode(&r, ConnectorKind::Jira, &json!("Hello\nworld")), doc);
@@ -198,6 +215,37 @@ mod tests {
             encode(&r, ConnectorKind::Salesforce, &json!("Hello")),
             json!("Hello")
         );
+    }
+
+    #[test]
+    fn a_cleared_jira_object_field_is_null_as_a_whole() {
+        let r = rule("left = \"priority.name\"\nright = \"Priority\"");
+        let mut fields = Map::new();
+        put(
+            &mut fields,
+            &r,
+            ConnectorKind::Jira,
+            "priority.name",
+            &Value::Null,
+        );
+        assert_eq!(Value::Object(fields), json!({"priority": null}));
+        let mut fields = Map::new();
+        put(
+            &mut fields,
+            &r,
+            ConnectorKind::Salesforce,
+            "Priority",
+            &Value::Null,
+        );
+        assert_eq!(Value::Object(fields), json!({"Priority": null}));
+    }
+
+    #[test]
+    fn plain_text_compares_equal_to_its_rich_text_round_trip() {
+        let r = rule("left = \"description\"\nright = \"Description\"\ntransform = \"adf_text\"");
+        let typed = json!("line one\r\nline two\n\n\n\nafter a gap");
+        let from_jira = own_form(&r, &encode(&r, ConnectorKind::Jira, &own_form(&r, &typed)));
+        assert_eq!(own_form(&r, &typed), from_jira);
     }
 
     #[test]
@@ -225,16 +273,8 @@ mod tests {
     #[test]
     fn datetimes_compare_as_instants_whatever_the_offset() {
         let r = rule("left = \"customfield_1\"\nright = \"Due__c\"\ntransform = \"datetime\"");
-        let jira = own_form(
-            &r,
-            ConnectorKind::Jira,
-            &json!("2024-12-29T08:41:23.303+0530"),
-        );
-        let sf = own_form(
-            &r,
-            ConnectorKind::Salesforce,
-            &json!("2024-12-29T03:11:23.303Z"),
-        );
+        let jira = own_form(&r, &json!("2024-12-29T08:41:23.303+0530"));
+        let sf = own_form(&r, &json!("2024-12-29T03:11:23.303Z"));
         assert_eq!(jira, sf);
         assert_eq!(
             encode(&r, ConnectorKind::Salesforce, &jira),
