@@ -168,6 +168,18 @@ impl World {
         self.app.journal.append_all(changes, None).await.unwrap();
     }
 
+    /// A Jira user deletes something (an issue, a comment) by its API path.
+    async fn jira_delete(&self, path: &str) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.sims.jira.base_url()))
+            .basic_auth("sim@example.com", Some("sim-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "DELETE {path}");
+    }
+
     /// A Jira user edits an issue's fields.
     async fn edit_issue(&self, issue: &str, fields: Value) {
         self.jira(
@@ -937,17 +949,9 @@ async fn deletes_follow_the_flows_policy() {
         .await;
     let case = world.wait_counterpart(Some(&issue), None).await;
     world.settle().await;
-    let response = world
-        .http
-        .delete(format!(
-            "{}/rest/api/3/issue/{issue}",
-            world.sims.jira.base_url()
-        ))
-        .basic_auth("sim@example.com", Some("sim-token"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    world
+        .jira_delete(&format!("/rest/api/3/issue/{issue}"))
+        .await;
     world.settle().await;
     assert_eq!(world.sims.sf.record(&case).unwrap()["_deleted"], true);
     assert!(world.app.journal.links("support").await.unwrap().is_empty());
@@ -959,15 +963,8 @@ async fn deletes_follow_the_flows_policy() {
     let case = world.wait_counterpart(Some(&issue), None).await;
     world.settle().await;
     world
-        .http
-        .delete(format!(
-            "{}/rest/api/3/issue/{issue}",
-            world.sims.jira.base_url()
-        ))
-        .basic_auth("sim@example.com", Some("sim-token"))
-        .send()
-        .await
-        .unwrap();
+        .jira_delete(&format!("/rest/api/3/issue/{issue}"))
+        .await;
     world.settle().await;
     assert_eq!(world.sims.sf.record(&case).unwrap()["_deleted"], false);
     assert!(world.app.journal.links("support").await.unwrap().is_empty());
@@ -1069,17 +1066,9 @@ async fn comments_follow_both_ways_once_each_and_edits_follow() {
 
     // Deleting it, under the default `unlink`: the copy stays, the comment pair is forgotten,
     // the record pair is not.
-    let response = world
-        .http
-        .delete(format!(
-            "{}/rest/api/3/issue/{issue}/comment/{jira_comment}",
-            world.sims.jira.base_url()
-        ))
-        .basic_auth("sim@example.com", Some("sim-token"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    world
+        .jira_delete(&format!("/rest/api/3/issue/{issue}/comment/{jira_comment}"))
+        .await;
     world.settle().await;
     assert_eq!(comments("salesforce", case.clone()).await.len(), 2);
     let comment_links = world.app.journal.links("support/comments").await.unwrap();
