@@ -196,6 +196,28 @@ impl Journal {
         Ok(out)
     }
 
+    /// Whether a change to this record ever failed (retried or dead-lettered): a create for it
+    /// may have happened without Tandem knowing.
+    pub async fn had_trouble(
+        &self,
+        connector: &str,
+        object: &str,
+        record_id: &str,
+    ) -> Result<bool, JournalError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM changes
+              WHERE connector = ? AND object = ? AND record_id = ?
+                AND (status = 'dead' OR attempts > 1)
+              LIMIT 1",
+        )
+        .bind(connector)
+        .bind(object)
+        .bind(record_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// Give a claimed change back untried, to be claimed again after `delay`: its attempt is
     /// not counted (it waited for another worker, it did not fail).
     pub async fn defer(

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::engine::{Done, Engine, Failed, Route, Work};
 use super::mapping::Side;
 use crate::config::DeletePolicy;
-use crate::connectors::{Comment, ErrorKind};
+use crate::connectors::{Comment, ErrorKind, COMMENT_OBJECT};
 use crate::journal::{ChangeOp, Link, Synced};
 
 /// The link namespace of a flow's comments (comment ids can collide with record ids).
@@ -215,7 +215,27 @@ impl Engine {
                     json!({ "created": created.id }),
                 ))
             }
-            Some(mut link) => {
+            Some(link) => {
+                // Pairs of comments are serialised like pairs of records: an older change to
+                // the copy goes first, then the link is read again.
+                let t_id = match t {
+                    Side::Left => link.left_id.clone(),
+                    Side::Right => link.right_id.clone(),
+                };
+                self.wait_for_older(&t_conf.connector, COMMENT_OBJECT, &t_id, work.lead)
+                    .await?;
+                let Some(mut link) = self
+                    .journal()
+                    .link(&namespace, s == Side::Left, &work.record_id)
+                    .await?
+                else {
+                    return Ok(done(
+                        "skipped",
+                        None,
+                        None,
+                        json!({"reason": "unlinked meanwhile"}),
+                    ));
+                };
                 let last = link.synced.get(&0).map(|v| match s {
                     Side::Left => v.left.clone(),
                     Side::Right => v.right.clone(),
@@ -223,10 +243,6 @@ impl Engine {
                 if last == Some(json!(body)) {
                     return Ok(done("echo", None, None, json!({})));
                 }
-                let t_id = match t {
-                    Side::Left => link.left_id.clone(),
-                    Side::Right => link.right_id.clone(),
-                };
                 let text = sign(&body, &s_conf.connector, &work.record_id);
                 target
                     .edit_comment(&t_parent, &t_id, &text)

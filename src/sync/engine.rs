@@ -627,9 +627,16 @@ impl Engine {
         let payload = Value::Object(fields.clone());
         let operation = format!("create {}", t_conf.object);
 
-        // A create retried after an unknown outcome (a timeout, a crash after the call) looks
-        // for its marker first, so the counterpart is linked, not made twice.
-        if work.attempts > 1 {
+        // A create that may have happened already (a retry after a timeout or a crash, a replay,
+        // any record whose changes failed before) looks for its marker first, so the
+        // counterpart is linked, not made twice. A first, clean attempt does not pay the call.
+        let uncertain = work.attempts > 1
+            || work.origin == Origin::Replay
+            || self
+                .journal
+                .had_trouble(&work.connector, &work.object, &work.record_id)
+                .await?;
+        if uncertain {
             if let Some(marker) = &marker {
                 let found = target
                     .find_by_marker(&t_conf.object, marker, &[])
