@@ -360,6 +360,56 @@ async fn appending_after_close_fails_cleanly() {
 }
 
 #[tokio::test]
+async fn a_dead_letter_keeps_the_first_failure_and_takes_its_riders_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(&dir, "").await;
+    let lead = journal.append(change("A", "a1")).await.unwrap().id();
+    journal.claim("w", 1, LEASE).await.unwrap();
+    journal
+        .retry_later(lead, "w", Duration::ZERO, "timed out")
+        .await
+        .unwrap();
+    let first: i64 = sqlx::query_scalar("SELECT first_failed_at FROM changes WHERE id = ?")
+        .bind(lead.0)
+        .fetch_one(journal.pool())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = journal.claim("w", 1, LEASE).await.unwrap().remove(0);
+    let rider = journal.append(change("A", "a2")).await.unwrap().id();
+    let claimed = journal.claim_followers(&again, "w", LEASE);
+    assert_eq!(claimed.await.unwrap().len(), 1);
+    let letter = NewDeadLetter {
+        flow: None,
+        connector: "sf".into(),
+        operation: "update Case".into(),
+        payload: serde_json::json!({}),
+        http_status: Some(503),
+        vendor_code: None,
+        vendor_message: None,
+        first_failed_at: tandem::journal::now_ms(),
+    };
+    journal
+        .dead_letter_with(lead, &[rider], "w", letter)
+        .await
+        .unwrap();
+    let (first_failed, last_failed): (i64, i64) =
+        sqlx::query_as("SELECT first_failed_at, last_failed_at FROM dead_letters")
+            .fetch_one(journal.pool())
+            .await
+            .unwrap();
+    assert_eq!(first_failed, first);
+    assert!(last_failed > first_failed);
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM changes WHERE id = ?")
+        .bind(rider.0)
+        .fetch_one(journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(outcome, "dead");
+    journal.close().await;
+}
+
+#[tokio::test]
 async fn the_database_runs_in_wal_mode_with_full_sync() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open_journal(&dir, "").await;

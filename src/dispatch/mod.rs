@@ -267,22 +267,12 @@ impl Dispatcher {
             vendor_message: Some(error.message.clone()),
             first_failed_at: now_ms(),
         };
+        // The coalesced followers ride on the lead's dead letter, in its transaction: a replay
+        // reads fresh state, which holds their values too.
         self.journal
-            .dead_letter(lead.id, &self.owner, letter)
+            .dead_letter_with(lead.id, &ids[1..], &self.owner, letter)
             .await?;
         self.metrics.count_dead_letter(&flow, &error.connector);
-        // The coalesced followers ride on the lead's dead letter: a replay reads fresh state,
-        // which holds their values too.
-        if ids.len() > 1 {
-            let settlement = Settlement {
-                outcome: "dead".into(),
-                detail: json!({ "dead_with": lead.id }),
-                ..Settlement::default()
-            };
-            self.journal
-                .settle(&ids[1..], &self.owner, &settlement, None)
-                .await?;
-        }
         Ok(())
     }
 }

@@ -97,9 +97,10 @@ impl Journal {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE changes
-                SET status = 'pending', next_attempt_at = ?, last_error = ?,
-                    lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
-              WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+                SET status = 'pending', next_attempt_at = ?1, last_error = ?2,
+                    first_failed_at = COALESCE(first_failed_at, ?3),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = ?3
+              WHERE id = ?4 AND status = 'in_flight' AND lease_owner = ?5",
         )
         .bind(now + ms(delay))
         .bind(error)
@@ -118,14 +119,26 @@ impl Journal {
         owner: &str,
         letter: NewDeadLetter,
     ) -> Result<DeadLetterId, JournalError> {
+        self.dead_letter_with(id, &[], owner, letter).await
+    }
+
+    /// [`Journal::dead_letter`], also settling `riders` (changes coalesced into the dead one:
+    /// a replay reads fresh state, which holds their values too) in the same transaction.
+    pub async fn dead_letter_with(
+        &self,
+        id: ChangeId,
+        riders: &[ChangeId],
+        owner: &str,
+        letter: NewDeadLetter,
+    ) -> Result<DeadLetterId, JournalError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let attempts: Option<i64> = sqlx::query_scalar(
+        let settled: Option<(i64, Option<i64>)> = sqlx::query_as(
             "UPDATE changes
                 SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL,
                     last_error = ?, updated_at = ?
               WHERE id = ? AND status = 'in_flight' AND lease_owner = ?
-          RETURNING attempts",
+          RETURNING attempts, first_failed_at",
         )
         .bind(
             letter
@@ -138,9 +151,26 @@ impl Journal {
         .bind(owner)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(attempts) = attempts else {
+        let Some((attempts, first_failed_at)) = settled else {
             return Err(JournalError::LeaseLost(id));
         };
+        for rider in riders {
+            let done = sqlx::query(
+                "UPDATE changes
+                    SET status = 'done', outcome = 'dead', detail = ?, lease_owner = NULL,
+                        lease_expires_at = NULL, updated_at = ?
+                  WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+            )
+            .bind(serde_json::json!({ "dead_with": id }).to_string())
+            .bind(now)
+            .bind(rider.0)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(JournalError::LeaseLost(*rider));
+            }
+        }
         let letter_id: i64 = sqlx::query_scalar(
             "INSERT INTO dead_letters (change_id, flow, connector, operation, payload, http_status,
                                        vendor_code, vendor_message, attempts, first_failed_at,
@@ -157,7 +187,7 @@ impl Journal {
         .bind(&letter.vendor_code)
         .bind(&letter.vendor_message)
         .bind(attempts)
-        .bind(letter.first_failed_at)
+        .bind(first_failed_at.unwrap_or(letter.first_failed_at))
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
