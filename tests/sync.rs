@@ -473,6 +473,20 @@ async fn a_refused_write_is_dead_lettered_others_keep_syncing_and_a_fix_supersed
     world.stop().await;
 }
 
+/// `GET /api/v1{path}` with the admin token the replay test configures.
+async fn admin_get(world: &World, path: &str) -> Value {
+    world
+        .http
+        .get(format!("{}/api/v1{path}", world.app.url("")))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn faults(base: &str, faults: Value) {
     let response = reqwest::Client::new()
         .put(format!("{base}/__sim/faults"))
@@ -570,16 +584,7 @@ async fn retries_exhausted_leave_a_dead_letter_that_replays_over_http_once_the_t
     let api = |path: &str| format!("{}/api/v1{path}", world.app.url(""));
     let deadline = Instant::now() + Duration::from_secs(15);
     let letter = loop {
-        let page: Value = world
-            .http
-            .get(api("/dead-letters"))
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = admin_get(&world, "/dead-letters").await;
         if let Some(item) = page["items"].as_array().and_then(|items| items.first()) {
             break item.clone();
         }
@@ -601,17 +606,44 @@ async fn retries_exhausted_leave_a_dead_letter_that_replays_over_http_once_the_t
     assert_eq!(replay.status(), 202);
     let case = world.wait_counterpart(Some(&issue), None).await;
     assert_eq!(world.sims.sf.record(&case).unwrap()["Subject"], "replay me");
-    let shown: Value = world
+    let shown: Value = admin_get(&world, &format!("/dead-letters/{}", letter["id"])).await;
+    assert_eq!(shown["status"], "replayed");
+
+    // Why did the record not sync, and what happened since: its links and its history.
+    let record: Value = admin_get(&world, &format!("/records/jira/issue/{issue}")).await;
+    assert_eq!(record["links"][0]["flow"], "support");
+    assert_eq!(record["links"][0]["counterpart"]["id"], case.as_str());
+    assert_eq!(record["links"][0]["synced"][0]["left"], "replay me");
+    let history = record["history"].as_array().unwrap();
+    assert_eq!(history[0]["origin"], "replay", "newest first");
+    assert_eq!(history[0]["outcome"], "created");
+    let failed = history
+        .iter()
+        .find(|h| !h["dead_letter"].is_null())
+        .expect("the change that failed");
+    assert_eq!(failed["dead_letter"]["status"], "replayed");
+    assert_eq!(failed["status"], "dead");
+    let connectors: Value = admin_get(&world, "/connectors").await;
+    let names: Vec<&str> = connectors["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["jira", "salesforce"]);
+    assert!(
+        connectors["connectors"][1]["quota"]["used"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let unauthorized = world
         .http
-        .get(api(&format!("/dead-letters/{}", letter["id"])))
-        .bearer_auth("admin-secret")
+        .get(api(&format!("/records/jira/issue/{issue}")))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(shown["status"], "replayed");
+    assert_eq!(unauthorized.status(), 401);
     world.stop().await;
 }
 

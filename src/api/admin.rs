@@ -38,6 +38,11 @@ pub fn router() -> Router<AppState> {
         .route("/dead-letters/replay", post(replay_matching))
         .route("/dead-letters/{id}", get(show).delete(discard))
         .route("/dead-letters/{id}/replay", post(replay_one))
+        .route("/connectors", get(super::status::connectors))
+        .route(
+            "/records/{connector}/{object}/{id}",
+            get(super::status::record),
+        )
         // Its own fallback so that the token layer covers unknown paths too: without the token
         // nobody learns which admin paths exist.
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })

@@ -5,6 +5,7 @@
 mod admin;
 mod error;
 mod health;
+mod status;
 mod webhooks;
 
 use std::sync::Arc;

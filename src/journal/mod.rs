@@ -4,6 +4,7 @@
 //! lease and settle them ([`queue`]). Nothing is acknowledged to a sender before its row commits.
 
 mod dead_letters;
+mod history;
 mod links;
 mod model;
 mod queue;
@@ -24,6 +25,7 @@ pub use dead_letters::{
     BulkReplay, DeadLetter, DeadLetterChange, DeadLetterFilter, DeadLetterStatus, ReplayError,
     MAX_DEAD_LETTER_PAGE,
 };
+pub use history::HistoryEntry;
 pub use links::{Link, Settlement, Synced, Unsettled};
 pub use model::{
     Appended, Change, ChangeId, ChangeOp, ChangeStatus, DeadLetterId, NewChange, NewDeadLetter,

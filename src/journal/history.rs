@@ -1,0 +1,82 @@
+//! A record's change history, newest first: what arrived, and what became of it.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::model::ChangeId;
+use super::{Journal, JournalError};
+
+/// One change to a record, as the operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub id: ChangeId,
+    pub op: String,
+    pub origin: String,
+    pub received_at: i64,
+    pub source_modified_at: Option<i64>,
+    pub status: String,
+    /// `created`, `written`, `echo`, `stale`, `conflict`, … once settled.
+    pub outcome: Option<String>,
+    /// Per flow: the outcome and its detail (conflicts with both values, reasons).
+    pub detail: Option<Value>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// The dead letter it left, if any: (id, status).
+    pub dead_letter: Option<(i64, String)>,
+}
+
+impl Journal {
+    /// The changes to one record, newest first, `limit` at a time; `before` pages on (ids only
+    /// grow, so a page is stable while new changes arrive).
+    pub async fn record_history(
+        &self,
+        connector: &str,
+        object: &str,
+        record_id: &str,
+        before: Option<ChangeId>,
+        limit: u32,
+    ) -> Result<(Vec<HistoryEntry>, Option<ChangeId>), JournalError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.op, c.origin, c.received_at, c.source_modified_at, c.status,
+                    c.outcome, c.detail, c.attempts, c.last_error,
+                    d.id AS letter_id, d.status AS letter_status
+               FROM changes c LEFT JOIN dead_letters d ON d.change_id = c.id
+              WHERE c.connector = ? AND c.object = ? AND c.record_id = ? AND c.id < ?
+              ORDER BY c.id DESC
+              LIMIT ?",
+        )
+        .bind(connector)
+        .bind(object)
+        .bind(record_id)
+        .bind(before.map_or(i64::MAX, |id| id.0))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let detail: Option<String> = row.try_get("detail")?;
+            let letter_id: Option<i64> = row.try_get("letter_id")?;
+            let letter_status: Option<String> = row.try_get("letter_status")?;
+            entries.push(HistoryEntry {
+                id: ChangeId(row.try_get("id")?),
+                op: row.try_get("op")?,
+                origin: row.try_get("origin")?,
+                received_at: row.try_get("received_at")?,
+                source_modified_at: row.try_get("source_modified_at")?,
+                status: row.try_get("status")?,
+                outcome: row.try_get("outcome")?,
+                detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+                attempts: row.try_get("attempts")?,
+                last_error: row.try_get("last_error")?,
+                dead_letter: letter_id.zip(letter_status),
+            });
+        }
+        let next = if entries.len() > limit as usize {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok((entries, next))
+    }
+}
