@@ -312,6 +312,16 @@ impl Metrics {
             .inc();
     }
 
+    /// How many changes of a flow ended with `outcome` since the process started.
+    pub fn sync_count(&self, flow: &str, outcome: &str) -> u64 {
+        self.sync_outcomes
+            .get_or_create(&SyncLabels {
+                flow: flow.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .get()
+    }
+
     pub fn count_conflicts(&self, flow: &str, n: u64) {
         self.conflicts
             .get_or_create(&FlowLabels {

@@ -637,6 +637,14 @@ async fn retries_exhausted_leave_a_dead_letter_that_replays_over_http_once_the_t
             .unwrap()
             > 0
     );
+    let flows = admin_get(&world, "/flows").await;
+    let support = &flows["flows"][0];
+    assert_eq!(support["name"], "support");
+    assert_eq!(support["mode"], "realtime");
+    assert_eq!(support["open_dead_letters"], 0, "the letter was replayed");
+    assert_eq!(support["sides"]["right"]["breaker"], "closed");
+    assert!(support["outcomes_since_start"]["created"].as_u64().unwrap() >= 1);
+    assert!(support["outcomes_since_start"]["failed"].as_u64().unwrap() >= 1);
     let unauthorized = world
         .http
         .get(api(&format!("/records/jira/issue/{issue}")))

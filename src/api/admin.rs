@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/dead-letters/{id}", get(show).delete(discard))
         .route("/dead-letters/{id}/replay", post(replay_one))
         .route("/connectors", get(super::status::connectors))
+        .route("/flows", get(super::status::flows))
         .route(
             "/records/{connector}/{object}/{id}",
             get(super::status::record),

@@ -44,6 +44,69 @@ pub async fn connectors(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "connectors": out }))
 }
 
+/// `GET /api/v1/flows`: each flow's mode, backlog per side, open dead letters and what its
+/// changes came to since the daemon started.
+pub async fn flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let internal = |e: crate::journal::JournalError| ApiError::internal(&e);
+    let now = crate::journal::now_ms();
+    let mut out = Vec::new();
+    for (name, flow) in &state.settings.flows {
+        let mut sides = serde_json::Map::new();
+        for (label, side) in [("left", &flow.left), ("right", &flow.right)] {
+            let backlog = state
+                .journal
+                .backlog(&side.connector, &side.object)
+                .await
+                .map_err(internal)?;
+            let breaker = state
+                .connectors
+                .get(&side.connector)
+                .map(|c| c.limiter().breaker_state().as_str());
+            sides.insert(
+                label.to_string(),
+                json!({
+                    "connector": side.connector,
+                    "object": side.object,
+                    "pending": backlog.pending,
+                    "in_flight": backlog.in_flight,
+                    "oldest_pending_age_seconds": backlog
+                        .oldest_received_at
+                        .map(|at| (now - at).max(0) as f64 / 1000.0),
+                    "breaker": breaker,
+                }),
+            );
+        }
+        let outcomes: serde_json::Map<String, Value> = [
+            "created", "written", "linked", "echo", "stale", "conflict", "deleted", "unlinked",
+            "skipped", "failed",
+        ]
+        .into_iter()
+        .map(|o| (o.to_string(), json!(state.metrics.sync_count(name, o))))
+        .collect();
+        let mode = match &flow.mode {
+            crate::config::FlowMode::Realtime => json!("realtime"),
+            crate::config::FlowMode::Scheduled(crate::config::Schedule::Every(every)) => {
+                json!({ "scheduled": { "every": humantime::format_duration(*every).to_string() } })
+            }
+            crate::config::FlowMode::Scheduled(crate::config::Schedule::Cron {
+                expression,
+                ..
+            }) => {
+                json!({ "scheduled": { "cron": expression } })
+            }
+        };
+        out.push(json!({
+            "name": name,
+            "mode": mode,
+            "direction": flow.direction.as_str(),
+            "sides": sides,
+            "open_dead_letters": state.journal.open_dead_letters(name).await.map_err(internal)?,
+            "outcomes_since_start": outcomes,
+        }));
+    }
+    Ok(Json(json!({ "flows": out })))
+}
+
 /// `GET /api/v1/records/{connector}/{object}/{id}?limit=&cursor=`: the record's links (its
 /// counterpart in each flow, and what was last synced) and its change history, newest first.
 pub async fn record(

@@ -80,3 +80,44 @@ impl Journal {
         Ok((entries, next))
     }
 }
+
+/// The backlog of one side of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    pub pending: i64,
+    pub in_flight: i64,
+    /// When the oldest unsettled change was received, epoch ms.
+    pub oldest_received_at: Option<i64>,
+}
+
+impl Journal {
+    /// Unsettled changes from one connector's object.
+    pub async fn backlog(&self, connector: &str, object: &str) -> Result<Backlog, JournalError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(status = 'pending'), 0) AS pending,
+                    COALESCE(SUM(status = 'in_flight'), 0) AS in_flight,
+                    MIN(received_at) AS oldest
+               FROM changes
+              WHERE connector = ? AND object = ? AND status IN ('pending', 'in_flight')",
+        )
+        .bind(connector)
+        .bind(object)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Backlog {
+            pending: row.try_get("pending")?,
+            in_flight: row.try_get("in_flight")?,
+            oldest_received_at: row.try_get("oldest")?,
+        })
+    }
+
+    /// Open dead letters of a flow.
+    pub async fn open_dead_letters(&self, flow: &str) -> Result<i64, JournalError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dead_letters WHERE flow = ? AND status = 'open'",
+        )
+        .bind(flow)
+        .fetch_one(self.pool())
+        .await?)
+    }
+}
