@@ -1,6 +1,7 @@
 //! The `tandem` command line. Each command exists only once the work behind it does.
 
 mod demo;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,18 @@ pub enum Command {
     /// Both emulators and the daemon in one process on loopback, with live edits on both
     /// sides and what syncs printed as it happens. Ignores --config.
     Demo(Box<demo::DemoArgs>),
+    /// Dead letters of a running daemon: list, show, replay, discard (through its admin API).
+    Dlq {
+        #[command(subcommand)]
+        command: remote::Dlq,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// The flows of a running daemon: mode, backlog, dead letters, outcomes.
+    Flows {
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
     /// Run one vendor emulator on its own, until SIGTERM or Ctrl-C.
     Sim {
         #[command(subcommand)]
@@ -80,6 +93,29 @@ pub fn main() -> ExitCode {
         print!("{}", describe(&settings));
         return ExitCode::SUCCESS;
     }
+    // Operator commands print their answer; they need a runtime, not the daemon's logging.
+    if matches!(cli.command, Command::Dlq { .. } | Command::Flows { .. }) {
+        let result = tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    match cli.command {
+                        Command::Dlq { command, remote } => {
+                            remote::dlq(command, remote, settings).await
+                        }
+                        Command::Flows { remote } => remote::flows(remote, settings).await,
+                        _ => unreachable!("matched above"),
+                    }
+                })
+            });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let format = cli
         .log_format
         .or(settings.log.format)
@@ -96,7 +132,11 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
-            Command::CheckConfig | Command::Sim { .. } | Command::Demo(_) => {
+            Command::CheckConfig
+            | Command::Sim { .. }
+            | Command::Demo(_)
+            | Command::Dlq { .. }
+            | Command::Flows { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -1,0 +1,431 @@
+//! `tandem dlq …` and `tandem flows`: the operator's commands, talking to a running daemon's
+//! admin API (never to its database: the daemon owns it).
+
+use std::fmt::Write as _;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::Settings;
+
+/// Where the daemon is and how to authenticate.
+#[derive(Args)]
+pub struct Remote {
+    /// The daemon's base URL. Default: http:// + server.listen from the configuration.
+    #[arg(long, env = "TANDEM_URL", global = true)]
+    pub url: Option<String>,
+    /// The admin token. Default: admin.token from the configuration.
+    #[arg(
+        long,
+        env = "TANDEM_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Args, Default)]
+pub struct Filter {
+    #[arg(long)]
+    pub flow: Option<String>,
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// The vendor's error code, e.g. STRING_TOO_LONG.
+    #[arg(long)]
+    pub code: Option<String>,
+    /// RFC 3339 time or epoch ms: failed at or after.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339 time or epoch ms: failed before.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl Filter {
+    /// The filters given, by their API names.
+    fn given(&self) -> Vec<(&'static str, &String)> {
+        [
+            ("flow", &self.flow),
+            ("connector", &self.connector),
+            ("code", &self.code),
+            ("since", &self.since),
+            ("until", &self.until),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+        .collect()
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Dlq {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// open (default), replayed, discarded, superseded or any.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one dead letter with its payload.
+    Show { id: u64 },
+    /// Replay one dead letter, or with --all every open one matching the filter.
+    Replay {
+        id: Option<u64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Discard a dead letter.
+    Discard { id: u64 },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(remote: &Remote, settings: &Settings) -> anyhow::Result<Client> {
+        let base = remote
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", settings.server.listen))
+            .trim_end_matches('/')
+            .to_string();
+        let token = match &remote.token {
+            Some(token) => token.clone(),
+            None => settings
+                .admin
+                .token
+                .as_ref()
+                .map(|t| t.expose().to_string())
+                .ok_or_else(|| {
+                    anyhow!("no admin token: pass --token, set TANDEM_ADMIN_TOKEN, or configure admin.token")
+                })?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Client { http, base, token })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the daemon at {}: {}",
+                self.base,
+                e.without_url()
+            )
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or(text.as_str())
+            .to_string();
+        match status.as_u16() {
+            401 => bail!(
+                "the daemon refused the admin token (401): check --token / TANDEM_ADMIN_TOKEN"
+            ),
+            code => bail!("{code}: {message}"),
+        }
+    }
+}
+
+fn query(filter: &Filter, extra: &[(&str, String)]) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in filter.given() {
+        query.append_pair(name, value);
+    }
+    for (name, value) in extra {
+        query.append_pair(name, value);
+    }
+    query.finish()
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Fixed-width columns; the last one is cut so a row stays on one line.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, value) in row.iter().enumerate() {
+            widths[i] = widths[i].max(value.chars().count().min(60));
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, values: Vec<String>| {
+        let cells: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let v: String = v.chars().take(60).collect();
+                format!("{v:<width$}", width = widths[i])
+            })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    };
+    line(&mut out, headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(&mut out, row.clone());
+    }
+    out
+}
+
+pub async fn dlq(command: Dlq, remote: Remote, settings: Settings) -> anyhow::Result<()> {
+    let client = Client::new(&remote, &settings)?;
+    let body = match &command {
+        Dlq::List {
+            filter,
+            status,
+            limit,
+        } => {
+            let mut extra = vec![("limit", limit.to_string())];
+            if let Some(status) = status {
+                extra.push(("status", status.clone()));
+            }
+            client
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/dead-letters?{}", query(filter, &extra)),
+                    None,
+                )
+                .await?
+        }
+        Dlq::Show { id } => {
+            client
+                .call(reqwest::Method::GET, &format!("/dead-letters/{id}"), None)
+                .await?
+        }
+        Dlq::Replay { id: Some(id), .. } => {
+            client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/dead-letters/{id}/replay"),
+                    None,
+                )
+                .await?
+        }
+        Dlq::Replay {
+            id: None,
+            all: true,
+            filter,
+        } => {
+            let body: serde_json::Map<String, Value> = filter
+                .given()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), json!(value)))
+                .collect();
+            client
+                .call(
+                    reqwest::Method::POST,
+                    "/dead-letters/replay",
+                    Some(Value::Object(body)),
+                )
+                .await?
+        }
+        Dlq::Replay {
+            id: None,
+            all: false,
+            ..
+        } => {
+            bail!("name a dead letter to replay, or pass --all (with filters) to replay every open one")
+        }
+        Dlq::Discard { id } => {
+            client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/dead-letters/{id}"),
+                    None,
+                )
+                .await?;
+            json!({ "discarded": id })
+        }
+    };
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    match command {
+        Dlq::List { .. } => {
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                println!("no dead letters match");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    vec![
+                        cell(&i["id"]),
+                        cell(&i["status"]),
+                        cell(&i["flow"]),
+                        format!(
+                            "{} {} {}",
+                            cell(&i["source_connector"]),
+                            cell(&i["object"]),
+                            cell(&i["record_id"])
+                        ),
+                        cell(&i["connector"]),
+                        cell(&i["vendor_code"]),
+                        cell(&i["attempts"]),
+                        cell(&i["last_failed_at"]),
+                        cell(&i["vendor_message"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "FLOW",
+                        "RECORD",
+                        "REFUSED BY",
+                        "CODE",
+                        "ATTEMPTS",
+                        "LAST FAILED",
+                        "MESSAGE"
+                    ],
+                    &rows
+                )
+            );
+            if let Some(next) = body["next_cursor"].as_str() {
+                println!("(more: the API's next_cursor is {next})");
+            }
+        }
+        Dlq::Show { .. } => {
+            for key in [
+                "id",
+                "status",
+                "flow",
+                "source_connector",
+                "object",
+                "record_id",
+                "connector",
+                "operation",
+                "http_status",
+                "vendor_code",
+                "vendor_message",
+                "attempts",
+                "first_failed_at",
+                "last_failed_at",
+                "change_id",
+                "replay_change_id",
+            ] {
+                println!("{key:<18}{}", cell(&body[key]));
+            }
+            println!(
+                "payload\n{}",
+                serde_json::to_string_pretty(&body["payload"])?
+            );
+        }
+        Dlq::Replay { id: Some(id), .. } => println!(
+            "dead letter {id} replayed as change {}: the record goes through the engine again",
+            cell(&body["change_id"])
+        ),
+        Dlq::Replay { .. } => println!(
+            "{} dead letters replayed{}",
+            cell(&body["replayed"]),
+            if body["more"] == json!(true) {
+                " (more match: run again)"
+            } else {
+                ""
+            }
+        ),
+        Dlq::Discard { id } => println!("dead letter {id} discarded"),
+    }
+    Ok(())
+}
+
+pub async fn flows(remote: Remote, settings: Settings) -> anyhow::Result<()> {
+    let client = Client::new(&remote, &settings)?;
+    let body = client
+        .call(reqwest::Method::GET, "/flows", None)
+        .await
+        .context("listing flows")?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = body["flows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            let side = |s: &str| {
+                let side = &f["sides"][s];
+                format!(
+                    "{} {}: {} pending, {} in flight, breaker {}",
+                    cell(&side["connector"]),
+                    cell(&side["object"]),
+                    cell(&side["pending"]),
+                    cell(&side["in_flight"]),
+                    cell(&side["breaker"]),
+                )
+            };
+            let outcomes = &f["outcomes_since_start"];
+            vec![
+                cell(&f["name"]),
+                match &f["mode"] {
+                    Value::String(mode) => mode.clone(),
+                    other => other["scheduled"]
+                        .as_object()
+                        .and_then(|s| s.iter().next())
+                        .map(|(k, v)| format!("{k} {}", cell(v)))
+                        .unwrap_or_else(|| other.to_string()),
+                },
+                cell(&f["open_dead_letters"]),
+                format!(
+                    "{} created, {} written, {} echo, {} conflict, {} failed",
+                    cell(&outcomes["created"]),
+                    cell(&outcomes["written"]),
+                    cell(&outcomes["echo"]),
+                    cell(&outcomes["conflict"]),
+                    cell(&outcomes["failed"]),
+                ),
+                side("left"),
+                side("right"),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["FLOW", "MODE", "DEAD", "SINCE START", "LEFT", "RIGHT"],
+            &rows
+        )
+    );
+    Ok(())
+}
