@@ -1183,8 +1183,9 @@ async fn watch_until(
         if stopping {
             let open = watcher.letters.values().filter(|s| *s == "open").count();
             let t = &watcher.tally;
+            let letters = if t.letters == 1 { "letter" } else { "letters" };
             return Some(format!(
-                "{} created, {} updated, {} echoes suppressed, {} dead letters ({open} open)",
+                "{} created, {} updated, {} echoes suppressed, {} dead {letters} ({open} open)",
                 t.created, t.written, t.echoes, t.letters
             ));
         }
