@@ -60,6 +60,11 @@ const DEFAULT: Failure<'static> = Failure {
 
 /// Fail a fresh change for `failure.record` the way the dispatcher does. Tests make their letters
 /// before replaying any: a replay's pending change would otherwise be claimed here.
+/// A dead letter for `record`, otherwise [`DEFAULT`].
+async fn letter_on(app: &TestApp, record: &str) -> (ChangeId, DeadLetterId) {
+    dead_letter(app, Failure { record, ..DEFAULT }).await
+}
+
 async fn dead_letter(app: &TestApp, failure: Failure<'_>) -> (ChangeId, DeadLetterId) {
     dead_letter_for(app, common::change(failure.record, &unique_key()), failure).await
 }
@@ -157,22 +162,8 @@ async fn without_a_configured_token_the_admin_api_is_refused_not_open() {
 async fn every_endpoint_wants_the_right_bearer_token() {
     let app = spawn_admin().await;
     let (_, shown) = dead_letter(&app, DEFAULT).await;
-    let (_, replayed) = dead_letter(
-        &app,
-        Failure {
-            record: "JIRA-2",
-            ..DEFAULT
-        },
-    )
-    .await;
-    let (_, discarded) = dead_letter(
-        &app,
-        Failure {
-            record: "JIRA-3",
-            ..DEFAULT
-        },
-    )
-    .await;
+    let (_, replayed) = letter_on(&app, "JIRA-2").await;
+    let (_, discarded) = letter_on(&app, "JIRA-3").await;
     let (_, bulk) = dead_letter(
         &app,
         Failure {
@@ -282,14 +273,7 @@ async fn listing_filters_by_flow_connector_code_time_and_status() {
         },
     )
     .await;
-    let (_, d) = dead_letter(
-        &app,
-        Failure {
-            record: "JIRA-4",
-            ..DEFAULT
-        },
-    )
-    .await;
+    let (_, d) = letter_on(&app, "JIRA-4").await;
     // Known failure times: a and b in 2023, c and d in 2024.
     for (id, at) in [
         (a, 1_700_000_000_000_i64),
@@ -688,38 +672,10 @@ async fn discarding_resolves_a_letter_once() {
 #[tokio::test]
 async fn superseding_marks_only_that_records_open_letters() {
     let app = spawn_admin().await;
-    let (_, r1) = dead_letter(
-        &app,
-        Failure {
-            record: "R",
-            ..DEFAULT
-        },
-    )
-    .await;
-    let (_, r2) = dead_letter(
-        &app,
-        Failure {
-            record: "R",
-            ..DEFAULT
-        },
-    )
-    .await;
-    let (_, r3) = dead_letter(
-        &app,
-        Failure {
-            record: "R",
-            ..DEFAULT
-        },
-    )
-    .await;
-    let (_, other_record) = dead_letter(
-        &app,
-        Failure {
-            record: "S",
-            ..DEFAULT
-        },
-    )
-    .await;
+    let (_, r1) = letter_on(&app, "R").await;
+    let (_, r2) = letter_on(&app, "R").await;
+    let (_, r3) = letter_on(&app, "R").await;
+    let (_, other_record) = letter_on(&app, "S").await;
     // Same record id in another connector's object: a different record.
     let mut elsewhere = common::change("R", &unique_key());
     elsewhere.connector = "salesforce".into();

@@ -1030,44 +1030,33 @@ mod tests {
 
     #[test]
     fn error_codes_decide_the_kind() {
-        assert_eq!(
-            classify(Some("INVALID_SESSION_ID"), Some(401)),
-            ErrorKind::Auth
-        );
-        assert_eq!(
-            classify(Some("REQUEST_LIMIT_EXCEEDED"), Some(403)),
-            ErrorKind::RateLimited
-        );
-        assert_eq!(
-            classify(Some("UNABLE_TO_LOCK_ROW"), None),
-            ErrorKind::Conflict
-        );
-        assert_eq!(
-            classify(Some("ENTITY_IS_DELETED"), Some(404)),
-            ErrorKind::NotFound
-        );
-        assert_eq!(
-            classify(Some("SERVER_UNAVAILABLE"), Some(503)),
-            ErrorKind::Server
-        );
-        assert_eq!(
-            classify(Some("QUERY_TIMEOUT"), Some(400)),
-            ErrorKind::Server
-        );
-        assert_eq!(
-            classify(Some("UNKNOWN_EXCEPTION"), Some(500)),
-            ErrorKind::Server
-        );
-        assert_eq!(
-            classify(Some("INSUFFICIENT_ACCESS_OR_READONLY"), Some(400)),
-            ErrorKind::Forbidden
-        );
-        assert_eq!(
-            classify(Some("REQUIRED_FIELD_MISSING"), Some(400)),
-            ErrorKind::Rejected
-        );
-        assert_eq!(classify(Some("MALFORMED_ID"), None), ErrorKind::Rejected);
-        assert_eq!(classify(None, Some(302)), ErrorKind::Protocol);
+        for (code, status, kind) in [
+            (Some("INVALID_SESSION_ID"), Some(401), ErrorKind::Auth),
+            (
+                Some("REQUEST_LIMIT_EXCEEDED"),
+                Some(403),
+                ErrorKind::RateLimited,
+            ),
+            (Some("UNABLE_TO_LOCK_ROW"), None, ErrorKind::Conflict),
+            (Some("ENTITY_IS_DELETED"), Some(404), ErrorKind::NotFound),
+            (Some("SERVER_UNAVAILABLE"), Some(503), ErrorKind::Server),
+            (Some("QUERY_TIMEOUT"), Some(400), ErrorKind::Server),
+            (Some("UNKNOWN_EXCEPTION"), Some(500), ErrorKind::Server),
+            (
+                Some("INSUFFICIENT_ACCESS_OR_READONLY"),
+                Some(400),
+                ErrorKind::Forbidden,
+            ),
+            (
+                Some("REQUIRED_FIELD_MISSING"),
+                Some(400),
+                ErrorKind::Rejected,
+            ),
+            (Some("MALFORMED_ID"), None, ErrorKind::Rejected),
+            (None, Some(302), ErrorKind::Protocol),
+        ] {
+            assert_eq!(classify(code, status), kind, "{code:?} {status:?}");
+        }
     }
 
     #[test]
