@@ -53,7 +53,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Claim and carry out one batch; returns how many changes were claimed.
-    pub async fn run_once(&self) -> Result<usize, JournalError> {
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, JournalError> {
         let claimed = self
             .journal
             .claim_from(
@@ -68,7 +68,7 @@ impl Dispatcher {
         // each connector's limiter bounds the calls.
         let mut tasks = JoinSet::new();
         for change in claimed {
-            let this = self.clone_handle();
+            let this = Arc::clone(self);
             tasks.spawn(async move { this.process(change).await });
         }
         while let Some(result) = tasks.join_next().await {
@@ -83,17 +83,6 @@ impl Dispatcher {
             }
         }
         Ok(count)
-    }
-
-    fn clone_handle(&self) -> Arc<Dispatcher> {
-        Arc::new(Dispatcher {
-            connector: self.connector.clone(),
-            owner: self.owner.clone(),
-            engine: self.engine.clone(),
-            journal: self.journal.clone(),
-            metrics: self.metrics.clone(),
-            settings: self.settings.clone(),
-        })
     }
 
     async fn process(&self, lead: Change) -> Result<(), JournalError> {
@@ -181,39 +170,26 @@ impl Dispatcher {
                 .await;
         };
 
-        // Flows that succeeded keep their links: their retry is then an echo, not a rewrite.
-        // Flows that succeeded keep their links, whatever happens to this one.
-        if let Failed::Busy(wait) = failed {
-            if !saved.is_empty() {
-                self.journal.save_links(&saved).await?;
-            }
-            for id in &ids {
-                self.journal.defer(*id, &self.owner, wait).await?;
-            }
-            return Ok(());
+        // Flows that succeeded keep their links, whatever happens to this one: their retry is
+        // then an echo, not a rewrite. So does a counterpart that exists although its flow
+        // failed (a create whose follow-up failed).
+        let mut failed = failed;
+        if let Failed::Vendor(failure) = &mut failed {
+            saved.extend(failure.link.take());
         }
-        let (error, operation, payload, link) = match failed {
-            Failed::Journal(error) => {
-                if !saved.is_empty() {
-                    self.journal.save_links(&saved).await?;
-                }
-                return Err(error);
-            }
-            Failed::Busy(_) => unreachable!("handled above"),
-            Failed::Vendor(failure) => {
-                let failure = *failure;
-                (
-                    failure.error,
-                    failure.operation,
-                    failure.payload,
-                    failure.link,
-                )
-            }
-        };
-        saved.extend(link);
         if !saved.is_empty() {
             self.journal.save_links(&saved).await?;
         }
+        let (error, operation, payload) = match failed {
+            Failed::Busy(wait) => {
+                for id in &ids {
+                    self.journal.defer(*id, &self.owner, wait).await?;
+                }
+                return Ok(());
+            }
+            Failed::Journal(error) => return Err(error),
+            Failed::Vendor(failure) => (failure.error, failure.operation, failure.payload),
+        };
         if error.kind.is_held_back() {
             // Quota, a vendor pause or an open breaker: the change waits its turn in the
             // journal; it has not failed, so it uses up no attempt.
@@ -345,14 +321,14 @@ pub fn spawn(
     ));
     let mut tasks = JoinSet::new();
     for (name, _) in connectors.iter() {
-        let dispatcher = Dispatcher {
+        let dispatcher = Arc::new(Dispatcher {
             connector: name.clone(),
             owner: format!("{name}-{}", uuid::Uuid::new_v4()),
             engine: engine.clone(),
             journal: journal.clone(),
             metrics: metrics.clone(),
             settings: settings.dispatch.clone(),
-        };
+        });
         let shutdown = shutdown.clone();
         let idle = settings.dispatch.idle_wait;
         tasks.spawn(async move {

@@ -36,8 +36,6 @@ pub struct Link {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unsettled {
     pub id: ChangeId,
-    /// Leased by a worker right now (not just waiting).
-    pub in_flight: bool,
     /// When it is due again, epoch ms (a change backing off is due later).
     pub next_attempt_at: i64,
     pub snapshot: Value,
@@ -166,7 +164,7 @@ impl Journal {
         except: &[ChangeId],
     ) -> Result<Vec<Unsettled>, JournalError> {
         let rows = sqlx::query(
-            "SELECT id, status, snapshot, source_modified_at, next_attempt_at FROM changes
+            "SELECT id, snapshot, source_modified_at, next_attempt_at FROM changes
               WHERE connector = ? AND object = ? AND record_id = ?
                 AND status IN ('pending', 'in_flight')
               ORDER BY id",
@@ -183,10 +181,8 @@ impl Journal {
                 continue;
             }
             let snapshot: String = row.try_get("snapshot")?;
-            let status: String = row.try_get("status")?;
             out.push(Unsettled {
                 id,
-                in_flight: status == "in_flight",
                 next_attempt_at: row.try_get("next_attempt_at")?,
                 snapshot: serde_json::from_str(&snapshot)
                     .map_err(|e| JournalError::Corrupt(format!("snapshot is not JSON: {e}")))?,

@@ -55,7 +55,6 @@ fn done(
         link,
         unlink,
         detail,
-        writes: u32::from(matches!(outcome, "created" | "written" | "deleted")),
     }
 }
 

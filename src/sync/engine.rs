@@ -45,8 +45,6 @@ pub struct Done {
     pub unlink: Option<(String, String)>,
     /// Why, for the record's history: conflicts with both values, the reason of a skip.
     pub detail: Value,
-    /// API calls this decision spent on writes (not reads).
-    pub writes: u32,
 }
 
 /// A flow that could not be carried out.
@@ -453,7 +451,6 @@ impl Engine {
             link: Some(link),
             unlink: None,
             detail,
-            writes: 1,
         })
     }
 
@@ -661,7 +658,6 @@ impl Engine {
                         link: Some(link),
                         unlink: None,
                         detail: json!({ "found_by_marker": found.id }),
-                        writes: 1,
                     });
                 }
             }
@@ -698,7 +694,6 @@ impl Engine {
             link: Some(link),
             unlink: None,
             detail: json!({ "created": created.id }),
-            writes: 1,
         })
     }
 
@@ -722,7 +717,6 @@ impl Engine {
             link: None,
             unlink: Some((route.name.to_string(), link.left_id.clone())),
             detail: json!({ "counterpart": t_id }),
-            writes: 0,
         };
         match route.flow.deletes {
             DeletePolicy::Ignore => Ok(done(
@@ -741,7 +735,6 @@ impl Engine {
                 }
                 tracing::info!(flow = route.name, record_id = %work.record_id, counterpart = %t_id, "deleted the counterpart");
                 result.outcome = "deleted";
-                result.writes = 1;
                 Ok(result)
             }
         }
@@ -754,7 +747,6 @@ fn done(outcome: &'static str, link: Option<Link>, detail: Value) -> Done {
         link,
         unlink: None,
         detail,
-        writes: 0,
     }
 }
 
