@@ -171,25 +171,17 @@ impl Poller {
     }
 }
 
-/// The fields a side's rules, marker and match key read, for the poll to ask for. Jira paths
-/// reach into a field's JSON (`priority.name` → ask for `priority`); Salesforce dotted paths
-/// are relationship fields SOQL selects as they are (`Account.Name`).
+/// The fields a side's rules, marker and match key read, for the poll to ask for.
 fn side_fields(flow: &FlowSettings, left: bool, kind: ConnectorKind) -> Vec<String> {
     let side = if left { &flow.left } else { &flow.right };
-    let mut fields: Vec<String> = flow
+    let paths = flow
         .fields
         .iter()
         .map(|rule| if left { &rule.left } else { &rule.right })
         .chain(side.marker.iter())
         .chain(side.match_key.iter())
-        .map(|path| match kind {
-            ConnectorKind::Jira => path.split('.').next().unwrap_or(path).to_string(),
-            ConnectorKind::Salesforce => path.clone(),
-        })
-        .collect();
-    fields.sort();
-    fields.dedup();
-    fields
+        .map(String::as_str);
+    crate::sync::mapping::fields_for(kind, paths)
 }
 
 /// The pollers the flows need: a side is polled when the flow writes to the other side.

@@ -11,8 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::mapping::{self, Side};
 use crate::config::{
-    ConflictPolicy, ConnectorKind, DeletePolicy, Direction, FieldRule, FlowSettings, Settings,
-    SideSettings,
+    ConflictPolicy, DeletePolicy, Direction, FieldRule, FlowSettings, Settings, SideSettings,
 };
 use crate::connectors::{Connector, ConnectorError, Connectors, ErrorKind, Marker, NewRecord};
 use crate::journal::{now_ms, ChangeId, ChangeOp, Journal, JournalError, Link, Origin, Synced};
@@ -219,20 +218,6 @@ impl Engine {
             .enumerate()
             .filter(|(_, rule)| writes(rule.direction.unwrap_or(flow.direction), side))
             .collect()
-    }
-
-    /// The fields to read for the rule paths (Jira reads whole top-level fields).
-    fn read_fields(kind: ConnectorKind, paths: &[&str]) -> Vec<String> {
-        let mut fields: Vec<String> = paths
-            .iter()
-            .map(|p| match kind {
-                ConnectorKind::Jira => p.split('.').next().unwrap_or(p).to_string(),
-                ConnectorKind::Salesforce => p.split('.').next().unwrap_or(p).to_string(),
-            })
-            .collect();
-        fields.sort();
-        fields.dedup();
-        fields
     }
 
     /// Carry out one flow for one (coalesced) change.
@@ -489,7 +474,7 @@ impl Engine {
         id: &str,
         paths: &[&str],
     ) -> Result<Option<crate::connectors::Record>, Failed> {
-        let fields = Self::read_fields(connector.kind(), paths);
+        let fields = mapping::fields_for(connector.kind(), paths.iter().copied());
         connector
             .read(object, id, &fields)
             .await

@@ -58,6 +58,25 @@ pub fn get_path<'a>(fields: &'a Map<String, Value>, path: &str) -> Option<&'a Va
     Some(value)
 }
 
+/// The fields to ask a vendor for so that `paths` can be read from the answer: Jira paths
+/// reach into a field's JSON (`priority.name` → `priority`); Salesforce dotted paths are
+/// relationship fields selected as they are (`Account.Name`).
+pub fn fields_for<'a>(
+    kind: ConnectorKind,
+    paths: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut fields: Vec<String> = paths
+        .into_iter()
+        .map(|path| match kind {
+            ConnectorKind::Jira => path.split('.').next().unwrap_or(path).to_string(),
+            ConnectorKind::Salesforce => path.to_string(),
+        })
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
 /// Set a dotted path, creating the objects on the way (`status.name` → `{"status":{"name":…}}`).
 pub fn set_path(fields: &mut Map<String, Value>, path: &str, value: Value) {
     let mut parts: Vec<&str> = path.split('.').collect();

@@ -359,6 +359,22 @@ impl SalesforceClient {
         let op = format!("read {object}");
         self.check_object(&op, object)?;
         self.check_id(&op, id)?;
+        if fields.iter().any(|f| f.contains('.')) {
+            // Relationship fields (`Account.Name`) are not fields of the record's own resource:
+            // only SOQL selects them.
+            let text = format!(
+                "SELECT {} FROM {object} WHERE Id = {}",
+                self.select_list(&op, fields)?.join(", "),
+                soql::quote(id)
+            );
+            let call = Call::get("query".into()).param("q", text);
+            let (rows, _) = self.query_page(&op, &call).await?;
+            return rows
+                .into_iter()
+                .next()
+                .map(|row| self.record(&op, row))
+                .transpose();
+        }
         let mut call = Call::get(format!("sobjects/{object}/{id}"));
         if let Some(list) = self.fields_param(&op, fields)? {
             call = call.param("fields", list);
