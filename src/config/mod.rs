@@ -327,6 +327,16 @@ impl Settings {
                 "must be at least 1".into(),
             );
         }
+        // Zero would make a dispatcher spin on the database, or retry a failing vendor at once.
+        for (key, value) in [
+            ("dispatch.idle_wait", self.dispatch.idle_wait),
+            ("dispatch.base_delay", self.dispatch.base_delay),
+            ("dispatch.max_delay", self.dispatch.max_delay),
+        ] {
+            if value.is_zero() {
+                push(key.into(), "must be longer than 0s".into());
+            }
+        }
         if self.dispatch.lease < Duration::from_secs(1) {
             push("dispatch.lease".into(), "must be at least 1s".into());
         }

@@ -308,6 +308,24 @@ fn a_budget_share_must_be_a_fraction_and_ingest_needs_a_poll_interval() {
 }
 
 #[test]
+fn zero_delays_and_a_budget_share_on_jira_are_refused() {
+    let (_dir, path) = secret_file("x");
+    let config = valid_config(&path).replace(
+        "kind = \"jira\"",
+        "kind = \"jira\"\nlimits = { daily_budget_share = 0.5, probe_after = \"0s\" }",
+    ) + "\n[dispatch]\nidle_wait = \"0s\"\nbase_delay = \"0s\"\n";
+    let found = problems(&config);
+    for expected in [
+        "dispatch.idle_wait: must be longer than 0s",
+        "dispatch.base_delay: must be longer than 0s",
+        "connectors.jira.limits.probe_after: must be longer than 0s",
+        "connectors.jira.limits.daily_budget_share: Jira reports no daily allowance to take a share of; set daily_budget",
+    ] {
+        assert!(found.iter().any(|p| p == expected), "missing `{expected}` in {found:#?}");
+    }
+}
+
+#[test]
 fn salesforce_webhook_secrets_are_secrets_too() {
     let (_dir, path) = secret_file("hook-secret");
     let config = valid_config(&path).replace(

@@ -173,6 +173,9 @@ impl ConnectorSettings {
         if limits.max_concurrency == 0 {
             problems.push(("limits.max_concurrency".into(), "must be at least 1".into()));
         }
+        if limits.probe_after.is_zero() {
+            problems.push(("limits.probe_after".into(), "must be longer than 0s".into()));
+        }
         if limits.daily_budget == Some(0) {
             problems.push((
                 "limits.daily_budget".into(),
