@@ -176,6 +176,8 @@ async fn every_endpoint_wants_the_right_bearer_token() {
 
     let endpoints: Vec<(Method, String, Option<Value>, u16)> = vec![
         (Method::GET, "/api/v1/dead-letters".into(), None, 200),
+        (Method::GET, "/api/v1/flows".into(), None, 200),
+        (Method::GET, "/api/v1/connectors".into(), None, 200),
         (
             Method::GET,
             format!("/api/v1/dead-letters/{shown}"),

@@ -52,6 +52,13 @@ where
     }
 }
 
+/// An Outbound Message with one Case notification, as Salesforce sends it.
+fn envelope(org: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{org}</OrganizationId><ActionId>04k000000000001AAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>x</EnterpriseUrl><PartnerUrl>x</PartnerUrl><Notification><Id>04l000000000009AAA</Id><sObject xsi:type="sf:Case" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>500000000000999AAA</sf:Id><sf:Subject>forged</sf:Subject></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#
+    )
+}
+
 fn sign(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(JIRA_SECRET.as_bytes()).unwrap();
     mac.update(body);
@@ -199,11 +206,6 @@ async fn salesforce_notifications_are_acknowledged_only_when_authentic() {
         && origin == "webhook"));
 
     // A wrong path token, no token, or another org: 401, nothing stored.
-    let envelope = |org: &str| {
-        format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{org}</OrganizationId><ActionId>04k000000000001AAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>x</EnterpriseUrl><PartnerUrl>x</PartnerUrl><Notification><Id>04l000000000009AAA</Id><sObject xsi:type="sf:Case" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>500000000000999AAA</sf:Id><sf:Subject>forged</sf:Subject></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#
-        )
-    };
     for (path, body) in [
         ("/webhooks/salesforce/wrong".to_string(), envelope(ORG_ID)),
         ("/webhooks/salesforce".to_string(), envelope(ORG_ID)),
@@ -457,5 +459,60 @@ async fn api_calls_counted_today_survive_a_restart() {
         .unwrap();
     assert!(used >= before, "{used} < {before}");
     app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_outbound_message_is_acknowledged_again_and_stored_once() {
+    let sims = Sims::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = common::spawn_with(common::settings(&dir, &sims.config(&dir, "")), dir).await;
+    for _ in 0..2 {
+        let response = app
+            .client
+            .post(app.url(&format!("/webhooks/salesforce/{SF_TOKEN}")))
+            .header("Content-Type", "text/xml")
+            .body(envelope(ORG_ID))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // Without the Ack, Salesforce would keep resending for a day.
+        assert!(response.text().await.unwrap().contains("<Ack>true</Ack>"));
+    }
+    assert_eq!(changes(&app.journal).await.len(), 1);
+    let text = metrics(&app).await;
+    for line in [
+        r#"tandem_webhook_requests_total{connector="salesforce",result="accepted"} 1"#,
+        r#"tandem_webhook_requests_total{connector="salesforce",result="duplicate"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_the_journal_cannot_store_is_refused_so_the_vendor_retries() {
+    let sims = Sims::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = common::spawn_with(common::settings(&dir, &sims.config(&dir, "")), dir).await;
+    // The journal stops taking writes (the disk is gone, say); the server still answers.
+    app.journal.close().await;
+    let response = app
+        .client
+        .post(app.url(&format!("/webhooks/salesforce/{SF_TOKEN}")))
+        .header("Content-Type", "text/xml")
+        .body(envelope(ORG_ID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "journal_unavailable");
+    assert!(!body.to_string().contains("Ack"));
+    // No Ack: Salesforce keeps the notification and delivers it again later.
+    app.shutdown.cancel();
+    let _ = app.server.await;
     sims.stop().await;
 }

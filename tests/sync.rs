@@ -637,6 +637,39 @@ async fn retries_exhausted_leave_a_dead_letter_that_replays_over_http_once_the_t
             .unwrap()
             > 0
     );
+    // Paging the history, and bad input refused with the reason.
+    let first = admin_get(&world, &format!("/records/jira/issue/{issue}?limit=1")).await;
+    assert_eq!(first["history"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("more history")
+        .to_string();
+    let second = admin_get(
+        &world,
+        &format!("/records/jira/issue/{issue}?limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert_ne!(
+        second["history"][0]["change_id"],
+        first["history"][0]["change_id"]
+    );
+    for (path, status, code) in [
+        ("/records/nope/issue/1", 404, "unknown_connector"),
+        ("/records/jira/issue/1?limit=0", 400, "bad_request"),
+        ("/records/jira/issue/1?cursor=-4", 400, "bad_request"),
+        ("/records/jira/issue/1?sort=asc", 400, "bad_request"),
+    ] {
+        let response = world
+            .http
+            .get(api(path))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}");
+    }
     let flows = admin_get(&world, "/flows").await;
     let support = &flows["flows"][0];
     assert_eq!(support["name"], "support");
@@ -1115,5 +1148,45 @@ async fn comments_follow_both_ways_once_each_and_edits_follow() {
     assert_eq!(comment_links.len(), 1, "{comment_links:?}");
     assert!(comment_links.iter().all(|l| l.left_id != jira_comment));
     assert_eq!(world.app.journal.links("support").await.unwrap().len(), 1);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_from_the_target_holds_the_change_without_using_its_attempts() {
+    let world = World::start("").await;
+    // Jira answers every call with 429 and Retry-After: 1.
+    faults(
+        &world.sims.jira.base_url(),
+        json!({"rate_limit_rate": 1.0, "retry_after_secs": 1}),
+    )
+    .await;
+    let case = world
+        .sims
+        .sf
+        .insert("Case", json!({"Subject": "while Jira is throttling"}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, attempts): (String, i64) =
+        sqlx::query_as("SELECT status, attempts FROM changes WHERE record_id = ?")
+            .bind(&case)
+            .fetch_one(world.app.journal.pool())
+            .await
+            .unwrap();
+    // FLOW allows 3 attempts; waiting out a rate limit is not one.
+    assert_ne!(status, "dead");
+    assert!(attempts <= 1, "{attempts}");
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(world.app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+
+    faults(&world.sims.jira.base_url(), json!({})).await;
+    let issue = world.wait_counterpart(None, Some(&case)).await;
+    world.settle().await;
+    assert_eq!(
+        world.issue(&issue).await["fields"]["summary"],
+        "while Jira is throttling"
+    );
     world.stop().await;
 }
