@@ -59,6 +59,17 @@ fn envelope(org: &str) -> String {
     )
 }
 
+/// POST a SOAP body to a webhook path of the daemon.
+async fn post_soap(app: &TestApp, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .header("Content-Type", "text/xml")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn sign(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(JIRA_SECRET.as_bytes()).unwrap();
     mac.update(body);
@@ -214,25 +225,16 @@ async fn salesforce_notifications_are_acknowledged_only_when_authentic() {
             envelope("00D000000000001AAA"),
         ),
     ] {
-        let response = app
-            .client
-            .post(app.url(&path))
-            .header("Content-Type", "text/xml")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_soap(&app, &path, body).await;
         assert_eq!(response.status(), 401, "{path}");
     }
     // A malformed envelope with the right token is a 400 with the reason.
-    let response = app
-        .client
-        .post(app.url(&format!("/webhooks/salesforce/{SF_TOKEN}")))
-        .header("Content-Type", "text/xml")
-        .body("<soapenv:Envelope")
-        .send()
-        .await
-        .unwrap();
+    let response = post_soap(
+        &app,
+        &format!("/webhooks/salesforce/{SF_TOKEN}"),
+        "<soapenv:Envelope",
+    )
+    .await;
     assert_eq!(response.status(), 400);
     assert_eq!(changes(&app.journal).await.len(), 2);
     app.stop().await;
@@ -468,14 +470,12 @@ async fn a_redelivered_outbound_message_is_acknowledged_again_and_stored_once() 
     let dir = tempfile::tempdir().unwrap();
     let app = common::spawn_with(common::settings(&dir, &sims.config(&dir, "")), dir).await;
     for _ in 0..2 {
-        let response = app
-            .client
-            .post(app.url(&format!("/webhooks/salesforce/{SF_TOKEN}")))
-            .header("Content-Type", "text/xml")
-            .body(envelope(ORG_ID))
-            .send()
-            .await
-            .unwrap();
+        let response = post_soap(
+            &app,
+            &format!("/webhooks/salesforce/{SF_TOKEN}"),
+            envelope(ORG_ID),
+        )
+        .await;
         assert_eq!(response.status(), 200);
         // Without the Ack, Salesforce would keep resending for a day.
         assert!(response.text().await.unwrap().contains("<Ack>true</Ack>"));
@@ -499,14 +499,12 @@ async fn a_webhook_the_journal_cannot_store_is_refused_so_the_vendor_retries() {
     let app = common::spawn_with(common::settings(&dir, &sims.config(&dir, "")), dir).await;
     // The journal stops taking writes (the disk is gone, say); the server still answers.
     app.journal.close().await;
-    let response = app
-        .client
-        .post(app.url(&format!("/webhooks/salesforce/{SF_TOKEN}")))
-        .header("Content-Type", "text/xml")
-        .body(envelope(ORG_ID))
-        .send()
-        .await
-        .unwrap();
+    let response = post_soap(
+        &app,
+        &format!("/webhooks/salesforce/{SF_TOKEN}"),
+        envelope(ORG_ID),
+    )
+    .await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "journal_unavailable");

@@ -332,6 +332,19 @@ pub fn delete_key(connector: &str, object: &str, record_id: &str) -> String {
     format!("{connector}/{object}/{record_id}@deleted")
 }
 
+/// Epoch ms of a vendor timestamp, whichever form it comes in: Jira's
+/// `2024-12-29T08:41:23.303+0530` (offset without a colon, in some user's zone: always
+/// applied), Salesforce REST's `…+0000`, SOAP and change events' `…Z`, RFC 3339.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(at.timestamp_millis());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z"]
+        .iter()
+        .find_map(|format| chrono::DateTime::parse_from_str(text, format).ok())
+        .map(|at| at.timestamp_millis())
+}
+
 /// Compare a secret in constant time.
 pub fn secret_matches(expected: &[u8], given: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use super::model::{Change, ChangeId};
-use super::queue::changes_from_rows;
+use super::queue::{changes_from_rows, lease_held};
 use super::{ms, now_ms, Journal, JournalError};
 
 /// A rule's value last synced, in each side's own form.
@@ -155,13 +155,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Changes to a record that are pending or in flight, other than `except`.
+    /// Changes to a record that are pending or in flight.
     pub async fn unsettled(
         &self,
         connector: &str,
         object: &str,
         record_id: &str,
-        except: &[ChangeId],
     ) -> Result<Vec<Unsettled>, JournalError> {
         let rows = sqlx::query(
             "SELECT id, snapshot, source_modified_at, next_attempt_at FROM changes
@@ -177,9 +176,6 @@ impl Journal {
         let mut out = Vec::new();
         for row in rows {
             let id = ChangeId(row.try_get("id")?);
-            if except.contains(&id) {
-                continue;
-            }
             let snapshot: String = row.try_get("snapshot")?;
             out.push(Unsettled {
                 id,
@@ -235,10 +231,7 @@ impl Journal {
         .bind(owner)
         .execute(self.pool())
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(JournalError::LeaseLost(id));
-        }
-        Ok(())
+        lease_held(id, done.rows_affected())
     }
 
     /// Lease the due changes whose source is `connector` (one dispatcher per connector).
@@ -319,10 +312,8 @@ impl Journal {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-            if done.rows_affected() == 0 {
-                // Dropping the transaction rolls it back: nothing half-settled.
-                return Err(JournalError::LeaseLost(*id));
-            }
+            // An error drops the transaction, which rolls it back: nothing half-settled.
+            lease_held(*id, done.rows_affected())?;
         }
         if let Some(record) = supersede {
             super::dead_letters::supersede_in(&mut tx, record, now).await?;

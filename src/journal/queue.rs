@@ -167,9 +167,7 @@ impl Journal {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-            if done.rows_affected() == 0 {
-                return Err(JournalError::LeaseLost(*rider));
-            }
+            lease_held(*rider, done.rows_affected())?;
         }
         let letter_id: i64 = sqlx::query_scalar(
             "INSERT INTO dead_letters (change_id, flow, connector, operation, payload, http_status,
@@ -196,7 +194,7 @@ impl Journal {
     }
 }
 
-fn lease_held(id: ChangeId, rows: u64) -> Result<(), JournalError> {
+pub(super) fn lease_held(id: ChangeId, rows: u64) -> Result<(), JournalError> {
     if rows == 0 {
         Err(JournalError::LeaseLost(id))
     } else {

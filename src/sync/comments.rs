@@ -113,7 +113,7 @@ impl Engine {
             // The parent's own create may still be on its way: let it go first.
             let pending = self
                 .journal()
-                .unsettled(&s_conf.connector, &s_conf.object, &parent_id, &[])
+                .unsettled(&s_conf.connector, &s_conf.object, &parent_id)
                 .await?;
             if let Some(due) = pending.iter().map(|c| c.next_attempt_at).min() {
                 let wait = u64::try_from(due - crate::journal::now_ms()).unwrap_or(0);

@@ -337,7 +337,7 @@ impl Engine {
         };
         let pending = self
             .journal
-            .unsettled(&t_conf.connector, &t_conf.object, &t_id, &[])
+            .unsettled(&t_conf.connector, &t_conf.object, &t_id)
             .await?;
         let mut conflicts = Vec::new();
         if !pending.is_empty() {
@@ -450,7 +450,7 @@ impl Engine {
     ) -> Result<(), Failed> {
         let older = self
             .journal
-            .unsettled(connector, object, record_id, &[])
+            .unsettled(connector, object, record_id)
             .await?
             .into_iter()
             .filter(|c| c.id < lead)

@@ -187,13 +187,7 @@ pub fn encode(rule: &FieldRule, kind: ConnectorKind, value: &Value) -> Value {
     }
 }
 
-/// Jira (`…+0530`), Salesforce REST (`…+0000`) and SOAP/CDC (`…Z`) datetimes, to epoch ms.
-pub fn parse_datetime(text: &str) -> Option<i64> {
-    DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
-        .or_else(|_| DateTime::parse_from_rfc3339(text))
-        .ok()
-        .map(|at| at.timestamp_millis())
-}
+pub use crate::connectors::parse_timestamp as parse_datetime;
 
 #[cfg(test)]
 mod tests {

@@ -5,15 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
-/// Epoch ms of a Jira timestamp, `2024-12-29T08:41:23.303+0530`: the offset has no colon and is
-/// the zone of whoever's profile rendered it, so it is always applied. RFC 3339 (`+05:30`, `Z`)
-/// is accepted too, as some payloads carry it (unconfirmed).
-pub fn parse_time(text: &str) -> Option<i64> {
-    DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
-        .or_else(|_| DateTime::parse_from_rfc3339(text))
-        .ok()
-        .map(|t| t.timestamp_millis())
-}
+pub use crate::connectors::parse_timestamp as parse_time;
 
 /// `X-RateLimit-Reset`: ISO 8601 to the minute, `yyyy-MM-ddTHH:mmZ`. Seconds are tolerated in
 /// case Atlassian sends them (unconfirmed).

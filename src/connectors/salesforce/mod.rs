@@ -988,16 +988,7 @@ fn collection_record(object: &str, record: &NewRecord) -> Value {
     Value::Object(fields)
 }
 
-/// Salesforce timestamps: REST `2024-01-15T10:00:00.000+0000`, SOAP and CDC `…Z`.
-pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
-    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(at.timestamp_millis());
-    }
-    ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z"]
-        .iter()
-        .find_map(|format| chrono::DateTime::parse_from_str(text, format).ok())
-        .map(|at| at.timestamp_millis())
-}
+pub(crate) use super::parse_timestamp;
 
 fn record_from(value: Value) -> Result<Record, String> {
     let Value::Object(mut fields) = value else {
