@@ -94,6 +94,8 @@ pub struct Route<'a> {
     pub name: &'a str,
     pub flow: &'a FlowSettings,
     pub side: Side,
+    /// Another flow reads the same connector and object.
+    pub shared: bool,
 }
 
 pub struct Engine {
@@ -178,9 +180,18 @@ impl Engine {
                     s.object == object
                 };
                 if s.connector == connector && covers && writes(flow.direction, side) {
-                    routes.push(Route { name, flow, side });
+                    routes.push(Route {
+                        name,
+                        flow,
+                        side,
+                        shared: false,
+                    });
                 }
             }
+        }
+        let shared = routes.len() > 1;
+        for route in &mut routes {
+            route.shared = shared;
         }
         routes
     }
@@ -573,8 +584,7 @@ impl Engine {
         }
         // A webhook is not narrowed by the flow's filter the way a poll is; and a poll read by
         // one flow says nothing about another flow's filter on the same object.
-        let shared = self.routes(&work.connector, &work.object).len() > 1;
-        if work.origin != Origin::Poll || shared {
+        if work.origin != Origin::Poll || route.shared {
             if let Some(filter) = s_conf.filter.as_deref() {
                 let inside = source
                     .matches(&s_conf.object, &work.record_id, filter)
