@@ -16,6 +16,8 @@ use crate::connectors::{CallStats, ConnectorError, Connectors};
 use crate::ingest;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
+use crate::schedule::Scheduler;
+use crate::sync::engine::Engine;
 
 /// How often API call counts are written to `api_usage`. A crash loses at most this much
 /// counting: the budget is a guard rail, and the vendor's own count still caps it.
@@ -39,6 +41,7 @@ pub enum AppError {
 
 pub struct Application {
     listener: TcpListener,
+    engine: Arc<Engine>,
     state: AppState,
 }
 
@@ -89,13 +92,28 @@ impl Application {
             );
         }
         let metrics = Arc::new(Metrics::new(journal.stats(), &calls));
+        let settings = Arc::new(settings);
+        let engine = Arc::new(Engine::new(
+            settings.clone(),
+            connectors.clone(),
+            journal.clone(),
+        ));
+        let scheduler = Scheduler::new(
+            settings.clone(),
+            connectors.clone(),
+            journal.clone(),
+            metrics.clone(),
+            engine.clone(),
+        );
         Ok(Application {
             listener,
+            engine,
             state: AppState {
-                settings: Arc::new(settings),
+                settings,
                 journal,
                 metrics,
                 connectors,
+                scheduler,
             },
         })
     }
@@ -112,7 +130,11 @@ impl Application {
 
     /// Serve until `shutdown` is cancelled, then stop gracefully within `server.shutdown_timeout`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            engine,
+            state,
+        } = self;
         let grace = state.settings.server.shutdown_timeout;
         let journal = state.journal.clone();
         let connectors = state.connectors.clone();
@@ -136,15 +158,19 @@ impl Application {
         let mut dispatchers = crate::dispatch::spawn(
             state.settings.clone(),
             state.connectors.clone(),
+            engine,
             state.journal.clone(),
             state.metrics.clone(),
             workers.clone(),
         );
         let mut pollers = ingest::spawn(
             ingest::pollers(&state.settings, &state.connectors, &state.journal),
+            state.settings.ingest.safety_poll_interval,
             state.metrics.clone(),
             workers.clone(),
         );
+        let scheduler = state.scheduler.clone();
+        let mut timers = scheduler.start().await?;
         let usage = tokio::spawn(flush_usage_until(
             connectors.clone(),
             journal.clone(),
@@ -174,6 +200,10 @@ impl Application {
         // all, so stopping mid-poll loses nothing.
         workers.cancel();
         while pollers.join_next().await.is_some() {}
+        timers.abort_all();
+        while timers.join_next().await.is_some() {}
+        // A run being stopped gives its claimed changes back and is marked interrupted.
+        scheduler.stop().await;
         // A change cut off mid-flight keeps its lease until it expires, then is retried: its
         // write is idempotent (the marker on creates, echo suppression on updates).
         while dispatchers.join_next().await.is_some() {}

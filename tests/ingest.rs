@@ -309,7 +309,7 @@ async fn poller(sims: &Sims, dir: &TempDir, left: bool) -> (Poller, Journal, Con
     let connectors = Connectors::build(&settings, &CallStats::default()).unwrap();
     let mut pollers = ingest::pollers(&settings, &connectors, &journal);
     let index = if left { 0 } else { 1 };
-    let (poller, _) = pollers.remove(index);
+    let poller = pollers.remove(index);
     (poller, journal, connectors)
 }
 

@@ -812,7 +812,13 @@ async fn crash_during_create(step: &str) {
             .await
             .unwrap();
         let claimed = journal
-            .claim_from("salesforce", "doomed", 10, Duration::from_millis(300))
+            .claim_from(
+                "salesforce",
+                tandem::journal::Objects::All,
+                "doomed",
+                10,
+                Duration::from_millis(300),
+            )
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);

@@ -40,6 +40,9 @@ pub fn router() -> Router<AppState> {
         .route("/dead-letters/{id}/replay", post(replay_one))
         .route("/connectors", get(super::status::connectors))
         .route("/flows", get(super::status::flows))
+        .route("/flows/{name}", get(super::status::flow))
+        .route("/flows/{name}/runs", get(super::status::runs))
+        .route("/flows/{name}/run", post(super::status::run))
         .route(
             "/records/{connector}/{object}/{id}",
             get(super::status::record),

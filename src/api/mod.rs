@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// For webhook parsing only: the API layer never calls a vendor.
     pub connectors: Connectors,
+    /// Starts scheduled runs on request (`POST /api/v1/flows/{name}/run`).
+    pub scheduler: Arc<crate::schedule::Scheduler>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

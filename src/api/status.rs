@@ -5,7 +5,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
+use crate::config::{FlowMode, Schedule};
 use crate::journal::ChangeId;
+use crate::schedule::RunError;
 
 const DEFAULT_PAGE: u32 = 50;
 
@@ -44,82 +46,177 @@ pub async fn connectors(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "connectors": out }))
 }
 
-/// `GET /api/v1/flows`: each flow's mode, backlog per side, open dead letters and what its
-/// changes came to since the daemon started.
-pub async fn flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// One flow as the operator sees it: mode and schedule, backlog and breaker per side, open
+/// dead letters, outcomes since the daemon started (echoes and conflicts among them), and its
+/// last run.
+async fn flow_status(
+    state: &AppState,
+    name: &str,
+    flow: &crate::config::FlowSettings,
+) -> Result<Value, ApiError> {
     let internal = |e: crate::journal::JournalError| ApiError::internal(&e);
     let now = crate::journal::now_ms();
+    let mut sides = serde_json::Map::new();
+    for (label, side) in [("left", &flow.left), ("right", &flow.right)] {
+        let backlog = state
+            .journal
+            .backlog(&side.connector, &side.object)
+            .await
+            .map_err(internal)?;
+        let breaker = state
+            .connectors
+            .get(&side.connector)
+            .map(|c| c.limiter().breaker_state().as_str());
+        sides.insert(
+            label.to_string(),
+            json!({
+                "connector": side.connector,
+                "object": side.object,
+                "pending": backlog.pending,
+                "in_flight": backlog.in_flight,
+                "oldest_pending_age_seconds": backlog
+                    .oldest_received_at
+                    .map(|at| (now - at).max(0) as f64 / 1000.0),
+                "breaker": breaker,
+            }),
+        );
+    }
+    let outcomes: serde_json::Map<String, Value> = [
+        "created", "written", "linked", "echo", "stale", "conflict", "deleted", "unlinked",
+        "skipped", "failed",
+    ]
+    .into_iter()
+    .map(|o| (o.to_string(), json!(state.metrics.sync_count(name, o))))
+    .collect();
+    let (mode, next_run) = match &flow.mode {
+        FlowMode::Realtime => (json!("realtime"), None),
+        FlowMode::Scheduled(schedule) => {
+            let last = state.journal.last_run(name).await.map_err(internal)?;
+            let next = crate::schedule::next_after(
+                schedule,
+                last.as_ref().map_or(now, |run| run.started_at),
+            );
+            let mode = match schedule {
+                Schedule::Every(every) => {
+                    json!({ "scheduled": { "every": humantime::format_duration(*every).to_string() } })
+                }
+                Schedule::Cron {
+                    expression,
+                    timezone,
+                    ..
+                } => json!({ "scheduled": { "cron": expression, "timezone": timezone.name() } }),
+            };
+            (mode, Some(next.timestamp_millis()))
+        }
+    };
+    let last_run = state.journal.last_run(name).await.map_err(internal)?;
+    Ok(json!({
+        "name": name,
+        "mode": mode,
+        "direction": flow.direction.as_str(),
+        "sides": sides,
+        "open_dead_letters": state.journal.open_dead_letters(name).await.map_err(internal)?,
+        "outcomes_since_start": outcomes,
+        "last_run": last_run,
+        "next_run_at": next_run,
+    }))
+}
+
+/// `GET /api/v1/flows`: every flow's status (see [`flow`]).
+pub async fn flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for (name, flow) in &state.settings.flows {
-        let mut sides = serde_json::Map::new();
-        for (label, side) in [("left", &flow.left), ("right", &flow.right)] {
-            let backlog = state
-                .journal
-                .backlog(&side.connector, &side.object)
-                .await
-                .map_err(internal)?;
-            let breaker = state
-                .connectors
-                .get(&side.connector)
-                .map(|c| c.limiter().breaker_state().as_str());
-            sides.insert(
-                label.to_string(),
-                json!({
-                    "connector": side.connector,
-                    "object": side.object,
-                    "pending": backlog.pending,
-                    "in_flight": backlog.in_flight,
-                    "oldest_pending_age_seconds": backlog
-                        .oldest_received_at
-                        .map(|at| (now - at).max(0) as f64 / 1000.0),
-                    "breaker": breaker,
-                }),
-            );
-        }
-        let outcomes: serde_json::Map<String, Value> = [
-            "created", "written", "linked", "echo", "stale", "conflict", "deleted", "unlinked",
-            "skipped", "failed",
-        ]
-        .into_iter()
-        .map(|o| (o.to_string(), json!(state.metrics.sync_count(name, o))))
-        .collect();
-        let mode = match &flow.mode {
-            crate::config::FlowMode::Realtime => json!("realtime"),
-            crate::config::FlowMode::Scheduled(crate::config::Schedule::Every(every)) => {
-                json!({ "scheduled": { "every": humantime::format_duration(*every).to_string() } })
-            }
-            crate::config::FlowMode::Scheduled(crate::config::Schedule::Cron {
-                expression,
-                ..
-            }) => {
-                json!({ "scheduled": { "cron": expression } })
-            }
-        };
-        out.push(json!({
-            "name": name,
-            "mode": mode,
-            "direction": flow.direction.as_str(),
-            "sides": sides,
-            "open_dead_letters": state.journal.open_dead_letters(name).await.map_err(internal)?,
-            "outcomes_since_start": outcomes,
-        }));
+        out.push(flow_status(&state, name, flow).await?);
     }
     Ok(Json(json!({ "flows": out })))
 }
 
-/// `GET /api/v1/records/{connector}/{object}/{id}?limit=&cursor=`: the record's links (its
-/// counterpart in each flow, and what was last synced) and its change history, newest first.
-pub async fn record(
+fn known_flow<'s>(
+    state: &'s AppState,
+    name: &str,
+) -> Result<&'s crate::config::FlowSettings, ApiError> {
+    state.settings.flows.get(name).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_flow",
+            format!("no flow named `{name}` is configured"),
+        )
+    })
+}
+
+/// `GET /api/v1/flows/{name}`: one flow's status with its recent runs.
+pub async fn flow(
     State(state): State<AppState>,
-    Path((connector, object, id)): Path<(String, String, String)>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let settings = known_flow(&state, &name)?;
+    let mut out = flow_status(&state, &name, settings).await?;
+    let runs = state
+        .journal
+        .runs(&name, None, 10)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    out["recent_runs"] = json!(runs);
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/flows/{name}/runs?limit=&cursor=`: a flow's runs, newest first.
+pub async fn runs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    if state.connectors.get(&connector).is_none() {
-        return Err(ApiError::not_found(
-            "unknown_connector",
-            format!("no connector named `{connector}` is configured"),
-        ));
+    known_flow(&state, &name)?;
+    let (limit, before) = page(query)?;
+    let mut runs = state
+        .journal
+        .runs(&name, before, limit + 1)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let next = if runs.len() > limit as usize {
+        runs.truncate(limit as usize);
+        runs.last().map(|run| run.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "runs": runs, "next_cursor": next })))
+}
+
+/// `POST /api/v1/flows/{name}/run`: start a run of a scheduled flow now. 202 with the run;
+/// 409 `run_in_progress` while one runs, 409 `not_scheduled` for a realtime flow.
+pub async fn run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    known_flow(&state, &name)?;
+    let conflict =
+        |code, message: String| ApiError::new(axum::http::StatusCode::CONFLICT, code, message);
+    match state.scheduler.trigger(&name, "api").await {
+        Ok(id) => {
+            let run = state
+                .journal
+                .run(id)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            Ok((
+                axum::http::StatusCode::ACCEPTED,
+                Json(json!({ "run": run })),
+            ))
+        }
+        Err(RunError::Running(id)) => Err(conflict(
+            "run_in_progress",
+            format!("run {id} of flow `{name}` is still running"),
+        )),
+        Err(error @ RunError::NotScheduled(_)) => Err(conflict("not_scheduled", error.to_string())),
+        Err(RunError::UnknownFlow(_)) => Err(ApiError::not_found(
+            "unknown_flow",
+            format!("no flow named `{name}` is configured"),
+        )),
+        Err(error) => Err(ApiError::internal(&error)),
     }
+}
+
+/// `limit` (1..=500, default 50) and `cursor` (an id to page before) from a query string.
+fn page(query: Option<String>) -> Result<(u32, Option<i64>), ApiError> {
     let mut limit = DEFAULT_PAGE;
     let mut before = None;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -135,17 +232,17 @@ pub async fn record(
                     .ok_or_else(|| bad_request("`limit` must be a number from 1 to 500"))?
             }
             "cursor" => {
-                before = Some(ChangeId(
+                before = Some(
                     value
                         .parse::<i64>()
                         .ok()
                         .filter(|n| *n > 0)
                         .ok_or_else(|| {
                             bad_request(
-                            "`cursor` is not one this server issued; pass `next_cursor` unchanged",
-                        )
+                        "`cursor` is not one this server issued; pass `next_cursor` unchanged",
+                    )
                         })?,
-                ))
+                )
             }
             other => {
                 return Err(bad_request(format!(
@@ -154,6 +251,24 @@ pub async fn record(
             }
         }
     }
+    Ok((limit, before))
+}
+
+/// `GET /api/v1/records/{connector}/{object}/{id}?limit=&cursor=`: the record's links (its
+/// counterpart in each flow, and what was last synced) and its change history, newest first.
+pub async fn record(
+    State(state): State<AppState>,
+    Path((connector, object, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    if state.connectors.get(&connector).is_none() {
+        return Err(ApiError::not_found(
+            "unknown_connector",
+            format!("no connector named `{connector}` is configured"),
+        ));
+    }
+    let (limit, before) = page(query)?;
+    let before = before.map(ChangeId);
     let internal = |e: crate::journal::JournalError| ApiError::internal(&e);
     let mut links = Vec::new();
     for (flow_name, flow) in &state.settings.flows {

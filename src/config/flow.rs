@@ -108,6 +108,9 @@ pub enum Schedule {
     Cron {
         expression: String,
         cron: Box<croner::Cron>,
+        /// The time zone the expression is read in (`timezone = "Europe/Paris"`; UTC when
+        /// not given), daylight saving included.
+        timezone: chrono_tz::Tz,
     },
 }
 
@@ -126,12 +129,15 @@ impl<'de> Deserialize<'de> for FlowMode {
             every: Option<Duration>,
             #[serde(default)]
             cron: Option<String>,
+            #[serde(default)]
+            timezone: Option<String>,
         }
         match Raw::deserialize(d)? {
             Raw::Realtime => Ok(FlowMode::Realtime),
             Raw::Scheduled(RawSchedule {
                 every: Some(every),
                 cron: None,
+                timezone: None,
             }) => {
                 if every.is_zero() {
                     Err(D::Error::custom("scheduled.every must be longer than 0s"))
@@ -142,7 +148,16 @@ impl<'de> Deserialize<'de> for FlowMode {
             Raw::Scheduled(RawSchedule {
                 every: None,
                 cron: Some(expression),
+                timezone,
             }) => {
+                let timezone = match timezone {
+                    None => chrono_tz::Tz::UTC,
+                    Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
+                        D::Error::custom(format!(
+                            "scheduled.timezone `{name}` is not an IANA time zone name (like `Europe/Paris`)"
+                        ))
+                    })?,
+                };
                 let cron = croner::Cron::new(&expression).parse().map_err(|e| {
                     D::Error::custom(format!(
                         "scheduled.cron `{expression}` is not a cron expression ({e})"
@@ -151,8 +166,16 @@ impl<'de> Deserialize<'de> for FlowMode {
                 Ok(FlowMode::Scheduled(Schedule::Cron {
                     expression,
                     cron: Box::new(cron),
+                    timezone,
                 }))
             }
+            Raw::Scheduled(RawSchedule {
+                every: Some(_),
+                timezone: Some(_),
+                ..
+            }) => Err(D::Error::custom(
+                "scheduled.timezone goes with `cron`; `every` counts from the last run",
+            )),
             Raw::Scheduled(_) => Err(D::Error::custom(
                 "a scheduled flow gives exactly one of `every` or `cron`",
             )),

@@ -7,6 +7,7 @@
 //! spending the same org allowance are accounted for.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -360,6 +361,7 @@ impl Limiter {
 
     /// Count one answer (or `None` for no answer) in `/metrics`.
     pub fn count_call(&self, status: Option<u16>) {
+        let _ = CALLS_IN_SCOPE.try_with(|calls| calls.fetch_add(1, Ordering::Relaxed));
         self.stats
             .calls
             .get_or_create(&CallLabels {
@@ -462,6 +464,23 @@ fn until_midnight() -> Duration {
         .expect("midnight exists")
         .and_utc();
     (midnight - now).to_std().unwrap_or(Duration::from_secs(60))
+}
+
+tokio::task_local! {
+    /// Calls made on behalf of one piece of work (a scheduled run), whatever the connector.
+    static CALLS_IN_SCOPE: Arc<AtomicU64>;
+}
+
+/// Run `work`, counting in `calls` every vendor call it makes (in this task; work spawned
+/// from it is counted when it is wrapped the same way). This is how a run reports the calls it
+/// spent, apart from the realtime traffic on the same connectors.
+pub async fn counting_calls<F: std::future::Future>(calls: Arc<AtomicU64>, work: F) -> F::Output {
+    CALLS_IN_SCOPE.scope(calls, work).await
+}
+
+/// The counter of the current [`counting_calls`] scope, to carry into spawned work.
+pub fn calls_in_scope() -> Option<Arc<AtomicU64>> {
+    CALLS_IN_SCOPE.try_with(Arc::clone).ok()
 }
 
 #[cfg(test)]

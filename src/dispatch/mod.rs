@@ -18,10 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DispatchSettings, Settings};
 use crate::connectors::Connectors;
+use tracing::Instrument;
+
 use crate::journal::{
-    now_ms, Change, ChangeId, ChangeOp, Journal, JournalError, Link, NewDeadLetter, Settlement,
+    now_ms, Change, ChangeId, ChangeOp, Journal, JournalError, Link, NewDeadLetter, Objects,
+    Settlement,
 };
 use crate::metrics::Metrics;
+use crate::sync::batch::Batch;
 use crate::sync::engine::{Engine, Failed, Work};
 
 /// The delay before attempt `attempts + 1`: exponential from `base`, capped at `max`, with full
@@ -49,15 +53,53 @@ pub struct Dispatcher {
     journal: Journal,
     metrics: Arc<Metrics>,
     settings: DispatchSettings,
+    /// Objects of this connector that feed scheduled flows only: their changes wait for the
+    /// flow's run, which writes them in bulk.
+    scheduled_only: Vec<String>,
+}
+
+/// What became of the changes a claimed change carried (it and its coalesced followers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Settled with an outcome (`written`, `echo`, …).
+    Done { outcome: String, changes: usize },
+    /// Failed; to be tried again after a backoff.
+    Retrying { changes: usize },
+    /// Failed for good; a dead letter holds it.
+    Dead { changes: usize },
+    /// Given back untried: waiting for an older change of the pair, or for quota.
+    Deferred,
 }
 
 impl Dispatcher {
+    /// A dispatcher leasing changes as `owner`: one per connector in the daemon, or a scheduled
+    /// run's own.
+    pub fn new(
+        connector: &str,
+        owner: String,
+        engine: Arc<Engine>,
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        settings: DispatchSettings,
+    ) -> Dispatcher {
+        Dispatcher {
+            connector: connector.to_string(),
+            owner,
+            engine,
+            journal,
+            metrics,
+            settings,
+            scheduled_only: Vec::new(),
+        }
+    }
+
     /// Claim and carry out one batch; returns how many changes were claimed.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, JournalError> {
         let claimed = self
             .journal
             .claim_from(
                 &self.connector,
+                Objects::Except(&self.scheduled_only),
                 &self.owner,
                 self.settings.batch,
                 self.settings.lease,
@@ -69,11 +111,11 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         for change in claimed {
             let this = Arc::clone(self);
-            tasks.spawn(async move { this.process(change).await });
+            tasks.spawn(async move { this.process(change, None).await });
         }
         while let Some(result) = tasks.join_next().await {
             match result {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(connector = %self.connector, %error, "settling a change failed; its lease will expire and it is retried")
                 }
@@ -85,7 +127,13 @@ impl Dispatcher {
         Ok(count)
     }
 
-    async fn process(&self, lead: Change) -> Result<(), JournalError> {
+    /// Carry out a claimed change (and the later changes to its record, coalesced), with the
+    /// writes sent through `batch` when a scheduled run gives one, and settle them.
+    pub async fn process(
+        &self,
+        lead: Change,
+        batch: Option<&Batch>,
+    ) -> Result<Settled, JournalError> {
         let followers = self
             .journal
             .claim_followers(&lead, &self.owner, self.settings.lease)
@@ -108,17 +156,18 @@ impl Dispatcher {
             record_id = %lead.record_id,
             coalesced = followers.len(),
         );
-        let _entered = span.enter();
+        async move {
+        let changes = ids.len();
         if routes.is_empty() {
             let settlement = Settlement {
                 outcome: "no_flow".into(),
                 detail: json!({}),
                 ..Settlement::default()
             };
-            return self
-                .journal
+            self.journal
                 .settle(&ids, &self.owner, &settlement, Some(record))
-                .await;
+                .await?;
+            return Ok(Settled::Done { outcome: settlement.outcome, changes });
         }
 
         let mut saved: Vec<Link> = Vec::new();
@@ -127,7 +176,7 @@ impl Dispatcher {
         let mut first_outcome = None;
         let mut failure = None;
         for route in &routes {
-            match self.engine.sync(&work, route).await {
+            match self.engine.sync_in(&work, route, batch).await {
                 Ok(done) => {
                     self.metrics.count_sync(route.name, done.outcome);
                     if done.outcome == "written" || done.outcome == "created" {
@@ -164,10 +213,10 @@ impl Dispatcher {
                 outcome: first_outcome.unwrap_or("skipped").to_string(),
                 detail: Value::Object(outcomes),
             };
-            return self
-                .journal
+            self.journal
                 .settle(&ids, &self.owner, &settlement, Some(record))
-                .await;
+                .await?;
+            return Ok(Settled::Done { outcome: settlement.outcome, changes });
         };
 
         // Flows that succeeded keep their links, whatever happens to this one: their retry is
@@ -185,7 +234,7 @@ impl Dispatcher {
                 for id in &ids {
                     self.journal.defer(*id, &self.owner, wait).await?;
                 }
-                return Ok(());
+                return Ok(Settled::Deferred);
             }
             Failed::Journal(error) => return Err(error),
             Failed::Vendor(failure) => (failure.error, failure.operation, failure.payload),
@@ -201,7 +250,7 @@ impl Dispatcher {
             for id in &ids {
                 self.journal.defer(*id, &self.owner, delay).await?;
             }
-            return Ok(());
+            return Ok(Settled::Deferred);
         }
         self.metrics.count_sync(&flow, "failed");
         let attempts = lead.attempts;
@@ -222,7 +271,7 @@ impl Dispatcher {
                     .retry_later(*id, &self.owner, delay, &error.to_string())
                     .await?;
             }
-            return Ok(());
+            return Ok(Settled::Retrying { changes });
         }
         tracing::error!(flow = %flow, %error, attempts, "sync failed for good; dead-lettered");
         let letter = NewDeadLetter {
@@ -249,7 +298,10 @@ impl Dispatcher {
             .dead_letter_with(lead.id, &ids[1..], &self.owner, letter)
             .await?;
         self.metrics.count_dead_letter(&flow, &error.connector);
-        Ok(())
+        Ok(Settled::Dead { changes })
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -306,29 +358,53 @@ fn coalesce(lead: &Change, followers: &[Change]) -> Work {
     }
 }
 
+/// The objects of `connector` whose changes only scheduled flows read (comments as
+/// [`crate::connectors::COMMENT_OBJECT`]): the realtime dispatcher leaves them to the runs.
+pub fn scheduled_only(settings: &Settings, connector: &str) -> Vec<String> {
+    let mut realtime = std::collections::BTreeSet::new();
+    let mut scheduled = std::collections::BTreeSet::new();
+    for flow in settings.flows.values() {
+        for (side, feeds) in [
+            (&flow.left, flow.direction.writes_right()),
+            (&flow.right, flow.direction.writes_left()),
+        ] {
+            if !feeds || side.connector != connector {
+                continue;
+            }
+            let set = match flow.mode {
+                crate::config::FlowMode::Realtime => &mut realtime,
+                crate::config::FlowMode::Scheduled(_) => &mut scheduled,
+            };
+            set.insert(side.object.clone());
+            if flow.comments {
+                set.insert(crate::connectors::COMMENT_OBJECT.to_string());
+            }
+        }
+    }
+    scheduled.difference(&realtime).cloned().collect()
+}
+
 /// Start one dispatcher per connector until `shutdown`.
 pub fn spawn(
     settings: Arc<Settings>,
     connectors: Connectors,
+    engine: Arc<Engine>,
     journal: Journal,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> JoinSet<()> {
-    let engine = Arc::new(Engine::new(
-        settings.clone(),
-        connectors.clone(),
-        journal.clone(),
-    ));
     let mut tasks = JoinSet::new();
     for (name, _) in connectors.iter() {
-        let dispatcher = Arc::new(Dispatcher {
-            connector: name.clone(),
-            owner: format!("{name}-{}", uuid::Uuid::new_v4()),
-            engine: engine.clone(),
-            journal: journal.clone(),
-            metrics: metrics.clone(),
-            settings: settings.dispatch.clone(),
-        });
+        let mut dispatcher = Dispatcher::new(
+            name,
+            format!("{name}-{}", uuid::Uuid::new_v4()),
+            engine.clone(),
+            journal.clone(),
+            metrics.clone(),
+            settings.dispatch.clone(),
+        );
+        dispatcher.scheduled_only = scheduled_only(&settings, name);
+        let dispatcher = Arc::new(dispatcher);
         let shutdown = shutdown.clone();
         let idle = settings.dispatch.idle_wait;
         tasks.spawn(async move {

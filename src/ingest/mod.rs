@@ -1,5 +1,6 @@
-//! Polling workers: each flow side that feeds the other is read on the flow's schedule, from its
-//! watermark, into the journal.
+//! Polling workers: each side of a realtime flow that feeds the other is read every
+//! `ingest.safety_poll_interval`, from its watermark, into the journal (a scheduled flow's runs
+//! use the same [`Poller`]).
 //!
 //! Webhooks are the fast path; polling is what makes the journal complete anyway (a dropped
 //! webhook, a receiver that was down, a vendor that cannot send). A poll reads everything
@@ -12,13 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    ConnectorKind, FlowMode, FlowSettings, IngestSettings, Schedule, Settings, SideSettings,
-};
+use crate::config::{ConnectorKind, FlowMode, FlowSettings, Settings, SideSettings};
 use crate::connectors::{self, Connector, ConnectorError, Connectors};
 use crate::journal::{now_ms, ChangeOp, Journal, JournalError, NewChange, Origin, Watermark};
 use crate::metrics::{Metrics, PollLabels, PollResult};
@@ -76,6 +74,10 @@ impl Poller {
 
     pub fn connector(&self) -> &str {
         &self.side.connector
+    }
+
+    pub fn object(&self) -> &str {
+        &self.side.object
     }
 
     /// Read from the watermark to the end, storing page by page.
@@ -184,84 +186,62 @@ fn side_fields(flow: &FlowSettings, left: bool, kind: ConnectorKind) -> Vec<Stri
     crate::sync::mapping::fields_for(kind, paths)
 }
 
-/// The pollers the flows need: a side is polled when the flow writes to the other side.
-pub fn pollers(
-    settings: &Settings,
+/// The pollers of one flow: a side is polled when the flow writes to the other side.
+pub fn flow_pollers(
+    name: &str,
+    flow: &FlowSettings,
     connectors: &Connectors,
     journal: &Journal,
-) -> Vec<(Poller, Cadence)> {
+    overlap: Duration,
+) -> Vec<Poller> {
     let mut out = Vec::new();
-    for (name, flow) in &settings.flows {
-        let cadence = Cadence::of(flow, &settings.ingest);
-        for (left, side, feeds) in [
-            (true, &flow.left, flow.direction.writes_right()),
-            (false, &flow.right, flow.direction.writes_left()),
-        ] {
-            if !feeds {
-                continue;
-            }
-            // Validated in config: every flow names configured connectors.
-            let Some(connector) = connectors.get(&side.connector) else {
-                continue;
-            };
-            out.push((
-                Poller::new(
-                    name,
-                    side,
-                    side_fields(flow, left, connector.kind()),
-                    connector.clone(),
-                    journal.clone(),
-                    settings.ingest.overlap,
-                ),
-                cadence.clone(),
-            ));
+    for (left, side, feeds) in [
+        (true, &flow.left, flow.direction.writes_right()),
+        (false, &flow.right, flow.direction.writes_left()),
+    ] {
+        if !feeds {
+            continue;
         }
+        // Validated in config: every flow names configured connectors.
+        let Some(connector) = connectors.get(&side.connector) else {
+            continue;
+        };
+        out.push(Poller::new(
+            name,
+            side,
+            side_fields(flow, left, connector.kind()),
+            connector.clone(),
+            journal.clone(),
+            overlap,
+        ));
     }
     out
 }
 
-/// When a flow side is polled.
-#[derive(Debug, Clone)]
-pub enum Cadence {
-    Every(Duration),
-    Cron(Box<croner::Cron>),
-}
-
-impl Cadence {
-    pub fn of(flow: &FlowSettings, ingest: &IngestSettings) -> Cadence {
-        match &flow.mode {
-            FlowMode::Realtime => Cadence::Every(ingest.safety_poll_interval),
-            FlowMode::Scheduled(Schedule::Every(every)) => Cadence::Every(*every),
-            FlowMode::Scheduled(Schedule::Cron { cron, .. }) => Cadence::Cron(cron.clone()),
-        }
-    }
-
-    /// How long from now until the next poll.
-    pub fn next_in(&self) -> Duration {
-        match self {
-            Cadence::Every(every) => *every,
-            Cadence::Cron(cron) => {
-                let now = Utc::now();
-                cron.find_next_occurrence(&now, false)
-                    .ok()
-                    .and_then(|at| (at - now).to_std().ok())
-                    // A cron that never fires again (validated against at load) checks daily.
-                    .unwrap_or(Duration::from_secs(86_400))
-            }
-        }
-    }
+/// The safety pollers of the realtime flows. A scheduled flow's sides are polled by its runs
+/// (`schedule`), not here.
+pub fn pollers(settings: &Settings, connectors: &Connectors, journal: &Journal) -> Vec<Poller> {
+    settings
+        .flows
+        .iter()
+        .filter(|(_, flow)| matches!(flow.mode, FlowMode::Realtime))
+        .flat_map(|(name, flow)| {
+            flow_pollers(name, flow, connectors, journal, settings.ingest.overlap)
+        })
+        .collect()
 }
 
 /// Run every poller until `shutdown`: once at start (to catch up on what happened while Tandem
-/// was down), then on its cadence. A failed poll keeps its watermark and is tried at the next
+/// was down), then every `interval`. A failed poll keeps its watermark and is tried at the next
 /// tick; a vendor pause is honoured by the connector's limiter.
 pub fn spawn(
-    pollers: Vec<(Poller, Cadence)>,
+    pollers: Vec<Poller>,
+    interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    for (poller, cadence) in pollers {
+    for poller in pollers {
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -305,7 +285,7 @@ pub fn spawn(
                     .get_or_create(&labels)
                     .observe(started.elapsed().as_secs_f64());
                 tokio::select! {
-                    () = tokio::time::sleep(cadence.next_in()) => {}
+                    () = tokio::time::sleep(interval) => {}
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -372,31 +352,6 @@ right = "Account.Name"
         assert_eq!(
             side_fields(&related, false, ConnectorKind::Salesforce),
             vec!["Account.Name"]
-        );
-    }
-
-    #[test]
-    fn realtime_flows_poll_at_the_safety_interval_and_scheduled_ones_on_their_schedule() {
-        let ingest = IngestSettings {
-            safety_poll_interval: Duration::from_secs(900),
-            overlap: Duration::from_secs(120),
-        };
-        assert!(matches!(
-            Cadence::of(&flow(""), &ingest),
-            Cadence::Every(d) if d == Duration::from_secs(900)
-        ));
-        assert!(matches!(
-            Cadence::of(&flow("mode = { scheduled = { every = \"5m\" } }"), &ingest),
-            Cadence::Every(d) if d == Duration::from_secs(300)
-        ));
-        let hourly = Cadence::of(
-            &flow("mode = { scheduled = { cron = \"0 * * * *\" } }"),
-            &ingest,
-        );
-        let next = hourly.next_in();
-        assert!(
-            next <= Duration::from_secs(3600) && next > Duration::ZERO,
-            "{next:?}"
         );
     }
 }

@@ -234,15 +234,18 @@ impl Journal {
         lease_held(id, done.rows_affected())
     }
 
-    /// Lease the due changes whose source is `connector` (one dispatcher per connector).
+    /// Lease the due changes whose source is `connector` (one dispatcher per connector), of
+    /// the objects `objects` selects (a scheduled flow's objects wait for its run).
     pub async fn claim_from(
         &self,
         connector: &str,
+        objects: super::Objects<'_>,
         owner: &str,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
-        self.claim_where(Some(connector), owner, limit, lease).await
+        self.claim_where(Some(connector), objects, owner, limit, lease)
+            .await
     }
 
     /// Lease the later pending changes to the same record as `lead`, to coalesce them into one

@@ -8,6 +8,7 @@ mod history;
 mod links;
 mod model;
 mod queue;
+mod runs;
 mod writer;
 
 use std::path::Path;
@@ -31,6 +32,8 @@ pub use model::{
     Appended, Change, ChangeId, ChangeOp, ChangeStatus, DeadLetterId, NewChange, NewDeadLetter,
     Origin, Watermark,
 };
+pub use queue::Objects;
+pub use runs::{Run, RunCounts, StartRunError};
 
 use crate::config::{JournalSettings, StorageSettings, Synchronous};
 

@@ -11,6 +11,14 @@ use sqlx::Row;
 use super::model::{Change, ChangeId, DeadLetterId, NewDeadLetter};
 use super::{ms, now_ms, Journal, JournalError};
 
+/// Which objects of a connector a claim takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Objects<'a> {
+    All,
+    Only(&'a [String]),
+    Except(&'a [String]),
+}
+
 impl Journal {
     /// Lease up to `limit` due changes to `owner` for `lease`.
     ///
@@ -23,18 +31,26 @@ impl Journal {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
-        self.claim_where(None, owner, limit, lease).await
+        self.claim_where(None, Objects::All, owner, limit, lease)
+            .await
     }
 
-    /// [`Journal::claim`], of the changes whose source is `connector` only, or of all.
+    /// [`Journal::claim`], of the changes whose source is `connector` only (or of all), of the
+    /// objects `objects` selects.
     pub(super) async fn claim_where(
         &self,
         connector: Option<&str>,
+        objects: Objects<'_>,
         owner: &str,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
         let now = now_ms();
+        let (mode, list) = match objects {
+            Objects::All => (0, "[]".to_string()),
+            Objects::Only(list) => (1, serde_json::to_string(list).unwrap_or_default()),
+            Objects::Except(list) => (2, serde_json::to_string(list).unwrap_or_default()),
+        };
         let rows = sqlx::query(
             "UPDATE changes
                 SET status = 'in_flight', lease_owner = ?1, lease_expires_at = ?2,
@@ -42,6 +58,9 @@ impl Journal {
               WHERE id IN (
                     SELECT c.id FROM changes c
                      WHERE (?5 IS NULL OR c.connector = ?5)
+                       AND (?6 = 0
+                         OR (?6 = 1 AND c.object IN (SELECT value FROM json_each(?7)))
+                         OR (?6 = 2 AND c.object NOT IN (SELECT value FROM json_each(?7))))
                        AND ((c.status = 'pending' AND c.next_attempt_at <= ?3)
                          OR (c.status = 'in_flight' AND c.lease_expires_at <= ?3))
                        AND NOT EXISTS (
@@ -59,6 +78,8 @@ impl Journal {
         .bind(now)
         .bind(i64::from(limit))
         .bind(connector)
+        .bind(mode)
+        .bind(list)
         .fetch_all(self.pool())
         .await?;
         changes_from_rows(&rows)

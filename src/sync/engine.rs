@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use super::batch::Batch;
 use super::mapping::{self, Side};
 use crate::config::{
     ConflictPolicy, DeletePolicy, Direction, FieldRule, FlowSettings, Settings, SideSettings,
@@ -233,6 +234,17 @@ impl Engine {
 
     /// Carry out one flow for one (coalesced) change.
     pub async fn sync(&self, work: &Work, route: &Route<'_>) -> Result<Done, Failed> {
+        self.sync_in(work, route, None).await
+    }
+
+    /// [`Engine::sync`], with the writes sent through `batch` (a scheduled run's bulk calls)
+    /// when one is given.
+    pub async fn sync_in(
+        &self,
+        work: &Work,
+        route: &Route<'_>,
+        batch: Option<&Batch>,
+    ) -> Result<Done, Failed> {
         if work.object == crate::connectors::COMMENT_OBJECT {
             return self.sync_comment(work, route).await;
         }
@@ -255,8 +267,30 @@ impl Engine {
                 Side::Left => &found.left_id,
                 Side::Right => &found.right_id,
             };
-            self.wait_for_older(&t_conf.connector, &t_conf.object, t_id, work.lead)
-                .await?;
+            if let Err(busy) = self
+                .wait_for_older(&t_conf.connector, &t_conf.object, t_id, work.lead)
+                .await
+            {
+                // Our own write coming back needs no turn: it carries nothing new whatever the
+                // older change decides, and settling it leaves the link to that change. (A
+                // scheduled run sees the echoes of its last writes together with new edits of
+                // the other side; waiting would make each echo look stale and cost a read.)
+                if work.op != ChangeOp::Delete && work.modified_at.is_some() {
+                    let rules = Self::rules(flow, s);
+                    let complete = rules
+                        .iter()
+                        .all(|(_, r)| mapping::get_path(&work.snapshot, s.path(r)).is_some());
+                    let values = Self::values(&rules, s, &work.snapshot);
+                    if complete && Self::changed(&rules, s, &values, found).is_empty() {
+                        return Ok(done(
+                            "echo",
+                            None,
+                            json!({ "reason": "nothing new while an older change of the pair waits" }),
+                        ));
+                    }
+                }
+                return Err(busy);
+            }
             link = self
                 .journal
                 .link(route.name, s == Side::Left, &work.record_id)
@@ -280,7 +314,7 @@ impl Engine {
             .all(|p| mapping::get_path(&snapshot, p).is_some());
         if !complete || modified_at.is_none() {
             match self
-                .read(source, &s_conf.object, &work.record_id, &paths)
+                .read(source, &s_conf.object, &work.record_id, &paths, batch)
                 .await?
             {
                 Some(record) => {
@@ -304,6 +338,7 @@ impl Engine {
                     modified_at,
                     source,
                     target,
+                    batch,
                 )
                 .await;
         };
@@ -317,7 +352,7 @@ impl Engine {
                     return Ok(done("echo", None, json!({})));
                 }
                 match self
-                    .read(source, &s_conf.object, &work.record_id, &paths)
+                    .read(source, &s_conf.object, &work.record_id, &paths, batch)
                     .await?
                 {
                     Some(record) => {
@@ -431,10 +466,11 @@ impl Engine {
         }
         let payload = Value::Object(fields.clone());
         let operation = format!("update {} {t_id}", t_conf.object);
-        target
-            .update(&t_conf.object, &t_id, fields)
-            .await
-            .map_err(|e| vendor(e, &operation, payload))?;
+        match batch {
+            Some(batch) => batch.update(target, &t_conf.object, &t_id, fields).await,
+            None => target.update(&t_conf.object, &t_id, fields).await,
+        }
+        .map_err(|e| vendor(e, &operation, payload))?;
         for (index, rule) in &changed {
             link.synced
                 .insert(*index, synced_pair(rule, s, &values[index]));
@@ -484,12 +520,14 @@ impl Engine {
         object: &str,
         id: &str,
         paths: &[&str],
+        batch: Option<&Batch>,
     ) -> Result<Option<crate::connectors::Record>, Failed> {
         let fields = mapping::fields_for(connector.kind(), paths.iter().copied());
-        connector
-            .read(object, id, &fields)
-            .await
-            .map_err(|e| vendor(e, &format!("read {object} {id}"), Value::Null))
+        match batch {
+            Some(batch) => batch.read(connector, object, id, fields).await,
+            None => connector.read(object, id, &fields).await,
+        }
+        .map_err(|e| vendor(e, &format!("read {object} {id}"), Value::Null))
     }
 
     fn values(
@@ -532,6 +570,7 @@ impl Engine {
         modified_at: Option<i64>,
         source: &Connector,
         target: &Connector,
+        batch: Option<&Batch>,
     ) -> Result<Done, Failed> {
         let (flow, s) = (route.flow, route.side);
         let t = s.other();
@@ -619,6 +658,21 @@ impl Engine {
         let payload = Value::Object(fields.clone());
         let operation = format!("create {}", t_conf.object);
 
+        let record = NewRecord {
+            fields,
+            marker: marker.clone(),
+        };
+        if let Some(batch) = batch {
+            // Bulk creates are idempotent on the marker on both vendors (Salesforce upserts
+            // on it; Jira's bulk create looks the batch's markers up in one search first), so
+            // no lookup of its own is needed even when the create may have happened already.
+            let created = batch
+                .create(target, &t_conf.object, record)
+                .await
+                .map_err(|e| vendor(e, &operation, payload.clone()))?;
+            let link = new_link(created.id.clone(), all_synced);
+            return finish_create(created, link, route, t, operation, payload);
+        }
         // A create that may have happened already (a retry after a timeout or a crash, a replay,
         // any record whose changes failed before) looks for its marker first, so the
         // counterpart is linked, not made twice. A first, clean attempt does not pay the call.
@@ -658,38 +712,11 @@ impl Engine {
             }
         }
         let created = target
-            .create(
-                &t_conf.object,
-                NewRecord {
-                    fields,
-                    marker: marker.clone(),
-                },
-            )
+            .create(&t_conf.object, record)
             .await
             .map_err(|e| vendor(e, &operation, payload.clone()))?;
-        let mut link = new_link(created.id.clone(), all_synced);
-        set_modified(&mut link, t, now_ms());
-        if let Some(error) = created.incomplete {
-            // The record exists with everything but what failed after the create (a Jira
-            // status transition): keep the link and what landed, forget the status rules so
-            // the retry writes them as an update and their echo is not mistaken for an edit.
-            link.synced.retain(|index, _| {
-                let path = t.path(&flow.fields[*index]);
-                path != "status" && !path.starts_with("status.")
-            });
-            return Err(Failed::Vendor(Box::new(VendorFailure {
-                error,
-                operation,
-                payload,
-                link: Some(link),
-            })));
-        }
-        Ok(Done {
-            outcome: "created",
-            link: Some(link),
-            unlink: None,
-            detail: json!({ "created": created.id }),
-        })
+        let link = new_link(created.id.clone(), all_synced);
+        finish_create(created, link, route, t, operation, payload)
     }
 
     async fn delete(
@@ -734,6 +761,48 @@ impl Engine {
             }
         }
     }
+}
+
+/// The link and outcome of a create, or, when what follows the create failed (a Jira status
+/// transition), a failure that keeps the link: the record exists with everything but that.
+fn finish_create(
+    created: crate::connectors::Created,
+    mut link: Link,
+    route: &Route<'_>,
+    t: Side,
+    operation: String,
+    payload: Value,
+) -> Result<Done, Failed> {
+    set_modified(&mut link, t, now_ms());
+    if let Some(error) = created.incomplete {
+        // Keep the link and what landed, forget the status rules so the retry writes them as
+        // an update and their echo is not mistaken for an edit.
+        link.synced.retain(|index, _| {
+            let path = t.path(&route.flow.fields[*index]);
+            path != "status" && !path.starts_with("status.")
+        });
+        return Err(Failed::Vendor(Box::new(VendorFailure {
+            error,
+            operation,
+            payload,
+            link: Some(link),
+        })));
+    }
+    if !created.created {
+        // It existed already (an earlier attempt made it): found by its marker and updated.
+        return Ok(Done {
+            outcome: "linked",
+            link: Some(link),
+            unlink: None,
+            detail: json!({ "found_by_marker": created.id }),
+        });
+    }
+    Ok(Done {
+        outcome: "created",
+        link: Some(link),
+        unlink: None,
+        detail: json!({ "created": created.id }),
+    })
 }
 
 fn done(outcome: &'static str, link: Option<Link>, detail: Value) -> Done {

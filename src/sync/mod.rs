@@ -3,6 +3,7 @@
 //! coming back, nothing because it is older than what was synced), and how a field changed on
 //! both sides is settled.
 
+pub mod batch;
 pub mod comments;
 pub mod engine;
 pub mod mapping;

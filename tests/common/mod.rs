@@ -37,20 +37,25 @@ impl TestApp {
 /// Settings as a deployment layers them: compiled-in defaults, `config/local.toml` (here: a
 /// fresh database in `dir` and an ephemeral port), then `overlay` as the `--config` file.
 pub fn settings(dir: &TempDir, overlay: &str) -> Settings {
-    let db = dir.path().join("tandem.db");
-    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    settings_in(dir.path(), overlay)
+}
+
+/// [`settings`] in a directory the caller owns (a child process shares its parent's).
+pub fn settings_in(dir: &std::path::Path, overlay: &str) -> Settings {
+    let db = dir.join("tandem.db");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
     std::fs::write(
-        dir.path().join("config/local.toml"),
+        dir.join("config/local.toml"),
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n",
             db.display()
         ),
     )
     .unwrap();
-    let file = dir.path().join("test.toml");
+    let file = dir.join("test.toml");
     std::fs::write(&file, overlay).unwrap();
     Settings::load_from(&Sources {
-        base_dir: dir.path().to_path_buf(),
+        base_dir: dir.to_path_buf(),
         file: Some(file),
         env: false,
     })

@@ -375,6 +375,39 @@ impl JiraClient {
         }
     }
 
+    /// Read many issues by id: one `search/jql` page per 100 ids (`id in (…)`). Ids that no
+    /// longer exist (or are not visible) are absent.
+    pub async fn read_many(
+        &self,
+        object: &str,
+        ids: &[String],
+        fields: &[String],
+    ) -> Result<Vec<Record>, ConnectorError> {
+        let op = "read issues";
+        self.check_object(op, object)?;
+        for id in ids {
+            self.check_id(op, id)?;
+        }
+        let list = Self::field_list(fields);
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SEARCH_PAGE) {
+            let quoted: Vec<String> = chunk.iter().map(|id| jql::quote(id)).collect();
+            let query = format!("id in ({})", quoted.join(", "));
+            let mut token = None;
+            loop {
+                let (issues, next) = self.search(op, &query, &list, token.as_deref()).await?;
+                for issue in &issues {
+                    out.push(self.record(op, issue)?);
+                }
+                match next {
+                    Some(next) => token = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// One page of `search/jql` (never the removed offset-paged `/search`).
     async fn search(
         &self,

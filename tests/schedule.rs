@@ -1,0 +1,503 @@
+//! Scheduled flows end to end: runs started through the admin API poll the emulators, plan
+//! through the engine and write with the vendors' bulk APIs; the figures come from the
+//! emulators' own call counters and state.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sims::Sims;
+use serde_json::{json, Value};
+use tandem::journal::{Journal, Watermark};
+
+const TOKEN: &str = "admin-secret";
+
+/// A scheduled flow, Jira issues ↔ Salesforce Cases, with a schedule no test waits for: runs
+/// are started through the API.
+const FLOW: &str = r#"
+[dispatch]
+base_delay = "50ms"
+max_delay = "200ms"
+max_attempts = 3
+lease = "2s"
+
+[flows.nightly]
+mode = { scheduled = { every = "1h" } }
+left = { connector = "jira", object = "issue", filter = "project = SUP", marker = "customfield_10050" }
+right = { connector = "salesforce", object = "Case", marker = "Jira_Key__c" }
+
+[flows.nightly.defaults.left]
+project = { key = "SUP" }
+issuetype = { name = "Task" }
+
+[[flows.nightly.fields]]
+left = "summary"
+right = "Subject"
+
+[[flows.nightly.fields]]
+left = "priority.name"
+right = "Priority"
+map = { Highest = "High", High = "High", Medium = "Medium", Low = "Low", Lowest = "Low" }
+reverse_map = { High = "High", Medium = "Medium", Low = "Low" }
+"#;
+
+async fn calls(base: &str) -> Value {
+    reqwest::get(format!("{base}/__sim/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn reset_calls(base: &str) {
+    reqwest::Client::new()
+        .delete(format!("{base}/__sim/calls"))
+        .send()
+        .await
+        .unwrap();
+}
+
+fn total(calls: &Value) -> u64 {
+    calls["total"].as_u64().unwrap()
+}
+
+/// Create `n` Jira issues through the emulator's bulk create (50 a call); their ids (what the
+/// cases' marker holds).
+async fn create_issues(sims: &Sims, n: usize, prefix: &str) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for start in (0..n).step_by(50) {
+        let updates: Vec<Value> = (start..n.min(start + 50))
+            .map(|i| {
+                json!({"fields": {
+                    "project": {"key": "SUP"},
+                    "issuetype": {"name": "Task"},
+                    "summary": format!("{prefix} {i}"),
+                    "priority": {"name": "High"},
+                }})
+            })
+            .collect();
+        let answer: Value = http
+            .post(format!("{}/rest/api/3/issue/bulk", sims.jira.base_url()))
+            .basic_auth("sim@example.com", Some("sim-token"))
+            .json(&json!({ "issueUpdates": updates }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for issue in answer["issues"].as_array().unwrap() {
+            keys.push(issue["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(keys.len(), n);
+    keys
+}
+
+async fn edit_issue(sims: &Sims, key: &str, summary: &str) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/rest/api/3/issue/{key}", sims.jira.base_url()))
+        .basic_auth("sim@example.com", Some("sim-token"))
+        .json(&json!({"fields": {"summary": summary}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+}
+
+async fn admin(app: &common::TestApp, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let response = app
+        .client
+        .request(method, app.url(&format!("/api/v1{path}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Start a run of `nightly` and wait for it to end; the run's row.
+async fn run(app: &common::TestApp) -> Value {
+    let (status, body) = admin(app, reqwest::Method::POST, "/flows/nightly/run").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run"]["id"].as_i64().unwrap();
+    assert_eq!(body["run"]["status"], "running");
+    wait_for_run(app, id).await
+}
+
+async fn wait_for_run(app: &common::TestApp, id: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, flow) = admin(app, reqwest::Method::GET, "/flows/nightly").await;
+        let run = flow["recent_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap();
+        if run["status"] != "running" {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Cases by their Jira marker; panics on a duplicate.
+fn cases_by_marker(sims: &Sims) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for case in sims.sf.records("Case") {
+        if let Some(marker) = case["Jira_Key__c"].as_str() {
+            let previous = out.insert(marker.to_string(), case.clone());
+            assert!(previous.is_none(), "two cases carry the marker {marker}");
+        }
+    }
+    out
+}
+
+/// The emulators' connectors, the flow, and the admin token (from a file, as secrets are).
+fn config(sims: &Sims, dir: &tempfile::TempDir) -> String {
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let admin = format!("[admin]\ntoken = {{ file = \"{}\" }}\n", token.display());
+    sims.config(dir, &format!("{admin}{FLOW}"))
+}
+
+async fn start(sims: &Sims) -> common::TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = common::settings(&dir, &config(sims, &dir));
+    common::spawn_with(settings, dir).await
+}
+
+#[tokio::test]
+async fn a_scheduled_run_writes_a_thousand_changes_in_a_handful_of_salesforce_calls() {
+    let sims = Sims::start().await;
+    let app = start(&sims).await;
+    // The flow's watermark is set when the daemon starts: only later changes are the runs'.
+    let keys = create_issues(&sims, 1000, "bulk").await;
+    reset_calls(&sims.sf.base_url()).await;
+    reset_calls(&sims.jira.base_url()).await;
+
+    let first = run(&app).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["seen"], 1000, "{first}");
+    assert_eq!(first["written"], 1000, "{first}");
+    assert_eq!(first["failed"], 0);
+    let sf_calls = calls(&sims.sf.base_url()).await;
+    let jira_calls = calls(&sims.jira.base_url()).await;
+    eprintln!(
+        "first run (1000 creates): salesforce {} calls {}, jira {} calls",
+        total(&sf_calls),
+        sf_calls["by_endpoint"],
+        total(&jira_calls)
+    );
+    assert!(total(&sf_calls) <= 10, "{sf_calls}");
+    assert_eq!(
+        first["api_calls"].as_u64().unwrap(),
+        total(&sf_calls) + total(&jira_calls),
+        "the run counts every call it makes"
+    );
+    let cases = cases_by_marker(&sims);
+    assert_eq!(cases.len(), 1000);
+    for key in &keys {
+        assert!(cases[key]["Subject"].as_str().unwrap().starts_with("bulk "));
+        assert_eq!(cases[key]["Priority"], "High");
+    }
+
+    // 1,000 edits to the same records: updates, 200 per sObject Collections call.
+    for (i, key) in keys.iter().enumerate() {
+        edit_issue(&sims, key, &format!("edited {i}")).await;
+    }
+    reset_calls(&sims.sf.base_url()).await;
+    let second = run(&app).await;
+    let sf_calls = calls(&sims.sf.base_url()).await;
+    eprintln!(
+        "second run (1000 updates, 1000 echoes of the creates): {second}; salesforce calls {}",
+        sf_calls["by_endpoint"]
+    );
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(second["written"], 1000, "{second}");
+    // The cases the first run created come back from the Salesforce poll: older than the
+    // edits just written, so they are checked with fresh reads (in bulk) and found stale.
+    assert_eq!(second["skipped"], 1000, "{second}");
+    assert!(total(&sf_calls) <= 10, "{sf_calls}");
+    let cases = cases_by_marker(&sims);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(cases[key]["Subject"], format!("edited {i}"));
+    }
+
+    // Nothing new from Jira: the next run only sees the echoes of those updates.
+    let third = run(&app).await;
+    assert_eq!(third["written"], 0, "{third}");
+    assert_eq!(third["skipped"], third["seen"], "{third}");
+    app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test]
+async fn records_that_fail_in_a_bulk_call_fail_alone() {
+    let sims = Sims::start().await;
+    let app = start(&sims).await;
+    let keys = create_issues(&sims, 30, "partial").await;
+    let first = run(&app).await;
+    assert_eq!(first["written"], 30, "{first}");
+    let cases = cases_by_marker(&sims);
+    // Three of the cases are locked by someone else: their updates fail with
+    // UNABLE_TO_LOCK_ROW every time, the others land in the same collection calls.
+    let locked: Vec<&String> = keys.iter().take(3).collect();
+    for key in &locked {
+        sims.sf
+            .lock_record(cases[*key]["Id"].as_str().unwrap(), None);
+    }
+    for key in &keys {
+        edit_issue(&sims, key, &format!("{key} again")).await;
+    }
+    let second = run(&app).await;
+    assert_eq!(second["written"], 27, "{second}");
+    assert_eq!(
+        second["failed"],
+        3 * 3,
+        "three records, three attempts each: {second}"
+    );
+    let cases = cases_by_marker(&sims);
+    for key in &keys {
+        let expected = if locked.contains(&key) {
+            format!("partial {}", keys.iter().position(|k| k == key).unwrap())
+        } else {
+            format!("{key} again")
+        };
+        assert_eq!(cases[key]["Subject"], expected);
+    }
+    let (_, letters) = admin(
+        &app,
+        reqwest::Method::GET,
+        "/dead-letters?flow=nightly&status=open",
+    )
+    .await;
+    let letters = letters["items"].as_array().unwrap();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(letters
+        .iter()
+        .all(|l| l["vendor_code"] == "UNABLE_TO_LOCK_ROW"));
+    app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test]
+async fn two_runs_of_a_flow_never_overlap() {
+    let sims = Sims::start().await;
+    let app = start(&sims).await;
+    create_issues(&sims, 50, "overlap").await;
+    // Slow vendors keep the first run going while the second is asked for.
+    reqwest::Client::new()
+        .put(format!("{}/__sim/faults", sims.sf.base_url()))
+        .json(&json!({ "latency_ms": 300 }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = admin(&app, reqwest::Method::POST, "/flows/nightly/run").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run"]["id"].as_i64().unwrap();
+    let (status, body) = admin(&app, reqwest::Method::POST, "/flows/nightly/run").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "run_in_progress");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&id.to_string()));
+    // At the journal itself: many starts at once, one winner.
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let journal = app.journal.clone();
+        starts.spawn(async move {
+            journal
+                .start_run("other", &format!("owner-{i}"), "test", 0)
+                .await
+        });
+    }
+    let mut won = 0;
+    while let Some(result) = starts.join_next().await {
+        match result.unwrap() {
+            Ok(_) => won += 1,
+            Err(tandem::journal::StartRunError::Running(_)) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let finished = wait_for_run(&app, id).await;
+    assert_eq!(finished["status"], "succeeded");
+    assert_eq!(finished["written"], 50);
+
+    // A realtime flow has no runs; an unknown flow is 404.
+    let (status, body) = admin(&app, reqwest::Method::POST, "/flows/nope/run").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_flow");
+    app.stop().await;
+    sims.stop().await;
+}
+
+const CHILD_ENV: &str = "SCHEDULE_CHILD_DIR";
+const CHILD_TEST: &str = "a_run_killed_half_way_is_resumed_by_the_next_without_duplicates";
+
+/// The killed daemon: this test binary re-run as a child, pointed at the parent's emulators
+/// and database. It starts a run and waits to be killed.
+async fn run_child(dir: &str) {
+    let dir = std::path::Path::new(dir);
+    let config = std::fs::read_to_string(dir.join("overlay.toml")).unwrap();
+    let settings = common::settings_in(dir, &config);
+    let app = tandem::app::Application::build(settings).await.unwrap();
+    let url = format!("http://{}", app.local_addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let response = reqwest::Client::new()
+        .post(format!("{url}/api/v1/flows/nightly/run"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    println!("run started");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+// Two workers: the child settles changes while its next bulk call is on the wire, as the daemon
+// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_half_way_is_resumed_by_the_next_without_duplicates() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        run_child(&dir).await;
+        return;
+    }
+    let sims = Sims::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&sims, &dir);
+    std::fs::write(dir.path().join("overlay.toml"), &config).unwrap();
+    // The flow's watermark predates the issues, so the child's run reads them all.
+    {
+        let journal: Journal = common::open_journal(&dir, &config).await;
+        let mark = Watermark {
+            connector: "jira".into(),
+            object: "issue".into(),
+            scope: "nightly".into(),
+            position: tandem::journal::now_ms() - 60_000,
+            last_record_id: String::new(),
+        };
+        journal.append_all(Vec::new(), Some(mark)).await.unwrap();
+        journal.close().await;
+    }
+    let keys = create_issues(&sims, 1000, "resume").await;
+    // Each collection call takes 400 ms: the kill lands between calls.
+    reqwest::Client::new()
+        .put(format!("{}/__sim/faults", sims.sf.base_url()))
+        .json(&json!({ "latency_ms": 400 }))
+        .send()
+        .await
+        .unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let started = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // libtest prints the test's name without a newline before the test's own output.
+            .any(|line| line.ends_with("run started"))
+    });
+    // Kill once some cases exist but not all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = sims.sf.records("Case").len();
+        // Past the first collection call, whose changes are settled by now.
+        if (400..1000).contains(&made) {
+            break;
+        }
+        assert!(
+            made < 1000,
+            "the run finished before the kill; slow it down"
+        );
+        assert!(Instant::now() < deadline, "the child's run wrote nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no release of anything.
+    child.wait().unwrap();
+    assert!(started.join().unwrap());
+    let before_resume = sims.sf.records("Case").len();
+    assert!(before_resume < 1000);
+    let settled_at_kill: i64 = {
+        let journal = common::open_journal(&dir, &config).await;
+        let n = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM changes WHERE connector = 'jira' AND status = 'done'",
+        )
+        .fetch_one(journal.pool())
+        .await
+        .unwrap();
+        journal.close().await;
+        n
+    };
+    reqwest::Client::new()
+        .put(format!("{}/__sim/faults", sims.sf.base_url()))
+        .json(&json!({ "latency_ms": 0 }))
+        .send()
+        .await
+        .unwrap();
+
+    // The next daemon on the same database: the dead run is recognised once its heartbeat
+    // is older than the lease, and its changes are taken by the next run.
+    let settings = common::settings_in(dir.path(), &config);
+    let app = common::spawn_with(settings, dir).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    reset_calls(&sims.sf.base_url()).await;
+    let resumed = run(&app).await;
+    assert_eq!(resumed["status"], "succeeded", "{resumed}");
+    let (_, flow) = admin(&app, reqwest::Method::GET, "/flows/nightly").await;
+    let runs = flow["recent_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["status"], "interrupted", "{}", runs[1]);
+
+    // Every issue has exactly one case (cases_by_marker panics on a duplicate) …
+    let cases = cases_by_marker(&sims);
+    assert_eq!(cases.len(), 1000);
+    for key in &keys {
+        assert!(cases.contains_key(key));
+    }
+    // … every change settled once, and what the killed run settled was not done again.
+    let settled: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*) FROM changes WHERE connector = 'jira' GROUP BY status",
+    )
+    .fetch_all(app.journal.pool())
+    .await
+    .unwrap();
+    assert_eq!(settled, vec![("done".to_string(), 1000)]);
+    assert!(
+        settled_at_kill > 0,
+        "the kill came before anything was settled"
+    );
+    // The resumed run writes exactly what the killed one had not settled (the cases the
+    // killed run made come back from the Salesforce poll as skipped echoes).
+    let resumed_written = resumed["written"].as_i64().unwrap();
+    assert_eq!(resumed_written, 1000 - settled_at_kill, "{resumed}");
+    let links: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links WHERE flow = 'nightly'")
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(links, 1000);
+    eprintln!(
+        "killed after {before_resume} cases existed and {settled_at_kill} changes were settled; \
+         the next run wrote {resumed_written}, {} of them again (upserted on their marker)",
+        before_resume as i64 - settled_at_kill
+    );
+    app.stop().await;
+    sims.stop().await;
+}
