@@ -1,6 +1,7 @@
 //! Prometheus metrics: counters updated where things happen, gauges read from the journal at
 //! scrape time (so they are never stale and cost nothing between scrapes).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -10,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::config::FlowSettings;
 use crate::connectors::{CallStats, Connectors};
 use crate::journal::{now_ms, Journal, JournalError, JournalStats, Origin};
 
@@ -107,6 +109,24 @@ struct StatusLabels {
     status: &'static str,
 }
 
+/// One side of a flow: the changes a connector's object produced.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    connector: String,
+    object: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BacklogLabels {
+    connector: String,
+    object: String,
+    /// `pending` or `in_flight`.
+    status: String,
+}
+
+/// A change still owed is in one of these; every configured flow side shows both, even at zero.
+const UNSETTLED: [&str; 2] = ["pending", "in_flight"];
+
 pub struct Metrics {
     registry: Registry,
     pub webhook_requests: Family<WebhookLabels, Counter>,
@@ -115,7 +135,9 @@ pub struct Metrics {
     pub poll_runs: Family<PollLabels, Counter>,
     pub poll_duration: Family<PollLabels, Histogram>,
     journal_depth: Family<StatusLabels, Gauge>,
-    journal_oldest_age: Gauge<f64, AtomicU64>,
+    journal_backlog: Family<BacklogLabels, Gauge>,
+    journal_oldest_age: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    open_dead_letters: Family<DeadLetterLabels, Gauge>,
     quota_used: Family<ConnectorLabels, Gauge>,
     quota_remaining: Family<ConnectorLabels, Gauge>,
     quota_budget: Family<ConnectorLabels, Gauge>,
@@ -129,6 +151,9 @@ pub struct Metrics {
     conflicts: Family<FlowLabels, Counter>,
     sync_latency: Family<FlowLabels, Histogram>,
     dead_letters: Family<DeadLetterLabels, Counter>,
+    /// Held while the per-object and per-flow gauges are cleared, refilled and encoded, so that
+    /// two scrapes at once never see each other's half-refilled families.
+    scrape: tokio::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -253,11 +278,23 @@ impl Metrics {
             "Changes in the journal, by status",
             journal_depth.clone(),
         );
-        let journal_oldest_age = Gauge::<f64, AtomicU64>::default();
+        let journal_backlog = Family::<BacklogLabels, Gauge>::default();
+        registry.register(
+            "journal_backlog",
+            "Changes still owed (pending or in flight), by the connector and object they came from",
+            journal_backlog.clone(),
+        );
+        let journal_oldest_age = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "journal_oldest_unsettled_age_seconds",
-            "Age of the oldest change still pending or in flight (0 when none)",
+            "Age of the oldest change still pending or in flight, by the connector and object it came from (0 when none)",
             journal_oldest_age.clone(),
+        );
+        let open_dead_letters = Family::<DeadLetterLabels, Gauge>::default();
+        registry.register(
+            "dead_letters_open",
+            "Dead letters waiting for an operator, by flow and the connector that refused (read from the journal: survives restarts)",
+            open_dead_letters.clone(),
         );
         registry.register(
             "journal_commits",
@@ -286,7 +323,9 @@ impl Metrics {
             poll_runs,
             poll_duration,
             journal_depth,
+            journal_backlog,
             journal_oldest_age,
+            open_dead_letters,
             quota_used,
             quota_remaining,
             quota_budget,
@@ -300,6 +339,7 @@ impl Metrics {
             conflicts,
             sync_latency,
             dead_letters,
+            scrape: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -367,12 +407,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Refresh the journal gauges and render the exposition text.
+    /// Refresh the gauges read at scrape time and render the exposition text.
     pub async fn render(
         &self,
         journal: &Journal,
         connectors: &Connectors,
+        flows: &BTreeMap<String, FlowSettings>,
     ) -> Result<String, JournalError> {
+        let _one_scrape_at_a_time = self.scrape.lock().await;
         for (name, connector) in connectors.iter() {
             let quota = connector.limiter().snapshot();
             let labels = ConnectorLabels {
@@ -413,11 +455,67 @@ impl Metrics {
                 })
                 .set(count);
         }
-        let age = journal
-            .oldest_unsettled_received_at()
-            .await?
-            .map_or(0.0, |at| (now_ms() - at).max(0) as f64 / 1000.0);
-        self.journal_oldest_age.set(age);
+        let backlog = journal.backlog_by_object().await?;
+        let letters = journal.open_dead_letters_by_flow().await?;
+        let now = now_ms();
+
+        // Rebuilt from scratch: a drained object or a flow removed from the configuration must
+        // not keep its last value. Every configured flow side is present, at zero when idle, so
+        // that an alert on it sees 0 rather than no data.
+        self.journal_backlog.clear();
+        self.journal_oldest_age.clear();
+        self.open_dead_letters.clear();
+        for (flow, settings) in flows {
+            for side in [&settings.left, &settings.right] {
+                for status in UNSETTLED {
+                    self.journal_backlog
+                        .get_or_create(&BacklogLabels {
+                            connector: side.connector.clone(),
+                            object: side.object.clone(),
+                            status: status.to_string(),
+                        })
+                        .set(0);
+                }
+                self.journal_oldest_age
+                    .get_or_create(&ObjectLabels {
+                        connector: side.connector.clone(),
+                        object: side.object.clone(),
+                    })
+                    .set(0.0);
+                self.open_dead_letters
+                    .get_or_create(&DeadLetterLabels {
+                        flow: flow.clone(),
+                        connector: side.connector.clone(),
+                    })
+                    .set(0);
+            }
+        }
+        for group in backlog {
+            let age = (now - group.oldest_received_at).max(0) as f64 / 1000.0;
+            let oldest = self.journal_oldest_age.get_or_create(&ObjectLabels {
+                connector: group.connector.clone(),
+                object: group.object.clone(),
+            });
+            if age > oldest.get() {
+                oldest.set(age);
+            }
+            self.journal_backlog
+                .get_or_create(&BacklogLabels {
+                    connector: group.connector,
+                    object: group.object,
+                    status: group.status,
+                })
+                .set(group.count);
+        }
+        for letter in letters {
+            self.open_dead_letters
+                .get_or_create(&DeadLetterLabels {
+                    flow: letter.flow.unwrap_or_default(),
+                    connector: letter.connector,
+                })
+                .set(letter.count);
+        }
+
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -1,5 +1,5 @@
-//! The dead-letter admin API end to end: the real app on loopback over a real SQLite file, dead
-//! letters made the way the dispatcher makes them (append, claim, dead-letter).
+//! The admin API end to end: the real app on loopback over a real SQLite file, dead letters made
+//! the way the dispatcher makes them (append, claim, dead-letter).
 
 mod common;
 
@@ -11,23 +11,100 @@ use common::{spawn_app, spawn_app_with, TestApp};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 use tandem::journal::{
-    ChangeId, DeadLetterId, DeadLetterStatus, NewChange, NewDeadLetter, ReplayError,
+    ChangeId, DeadLetterId, DeadLetterStatus, Journal, NewChange, NewDeadLetter, ReplayError,
 };
+
+/// One admin route, as a client calls it.
+struct Route {
+    method: &'static str,
+    /// `{letter}` stands for an open dead letter made for the request and `{code}` for its
+    /// vendor code; `records/crm/...` names the connector [`spawn_admin_with_connector`] adds.
+    path: &'static str,
+    body: Option<&'static str>,
+    /// The answer with the right token.
+    ok: u16,
+}
+
+/// Every route under `/api/v1`, each checked for its token (missing, wrong, right) and for
+/// `admin_disabled` when no token is configured. A new admin route gets a line here.
+#[rustfmt::skip]
+const ROUTES: &[Route] = &[
+    Route { method: "GET", path: "/api/v1/dead-letters", body: None, ok: 200 },
+    Route { method: "GET", path: "/api/v1/dead-letters?status=any&limit=1", body: None, ok: 200 },
+    Route { method: "GET", path: "/api/v1/dead-letters/{letter}", body: None, ok: 200 },
+    Route { method: "POST", path: "/api/v1/dead-letters/{letter}/replay", body: None, ok: 202 },
+    Route { method: "POST", path: "/api/v1/dead-letters/replay", body: Some(r#"{"code":"{code}"}"#), ok: 202 },
+    Route { method: "DELETE", path: "/api/v1/dead-letters/{letter}", body: None, ok: 204 },
+    Route { method: "GET", path: "/api/v1/flows", body: None, ok: 200 },
+    Route { method: "GET", path: "/api/v1/connectors", body: None, ok: 200 },
+    Route { method: "GET", path: "/api/v1/records/crm/issue/CRM-1?limit=5", body: None, ok: 200 },
+    // Unknown paths are behind the token too: without it nobody learns which paths exist.
+    Route { method: "GET", path: "/api/v1/no-such-thing", body: None, ok: 404 },
+];
 
 const TOKEN: &str = "admin-token-for-tests";
 const LEASE: Duration = Duration::from_secs(60);
 
 /// The app with `admin.token` read from a file, as a deployment would configure it.
 async fn spawn_admin() -> TestApp {
+    spawn_admin_with("").await
+}
+
+/// [`spawn_admin`] with a Jira connector named `crm` that no test change comes from (its
+/// dispatcher must not claim the changes the tests dead-letter by hand), for the record routes.
+async fn spawn_admin_with_connector() -> TestApp {
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("crm-token");
+    std::fs::write(&token, "token").unwrap();
+    spawn_admin_with(&format!(
+        "[connectors.crm]\nkind = \"jira\"\nbase_url = \"http://127.0.0.1:1\"\n\
+         auth = {{ method = \"basic\", email = \"a@b.test\", api_token = {{ file = \"{}\" }} }}\n",
+        token.display()
+    ))
+    .await
+}
+
+async fn spawn_admin_with(extra: &str) -> TestApp {
     let secrets = tempfile::tempdir().unwrap();
     let file = secrets.path().join("admin-token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
     // The secret is read while settings load; the file need not outlive this call.
     spawn_app_with(&format!(
-        "[admin]\ntoken = {{ file = \"{}\" }}\n",
+        "[admin]\ntoken = {{ file = \"{}\" }}\n{extra}",
         file.display()
     ))
     .await
+}
+
+impl Route {
+    fn method(&self) -> Method {
+        Method::from_bytes(self.method.as_bytes()).unwrap()
+    }
+
+    /// The path and body with `letter` and `code` put in.
+    fn with(&self, letter: DeadLetterId, code: &str) -> (String, Option<String>) {
+        let fill = |text: &str| {
+            text.replace("{letter}", &letter.to_string())
+                .replace("{code}", code)
+        };
+        (fill(self.path), self.body.map(fill))
+    }
+
+    fn needs_letter(&self) -> bool {
+        self.path.contains("{letter}")
+            || self.path.contains("{code}")
+            || self.body.is_some_and(|b| b.contains("{code}"))
+    }
+}
+
+fn send(app: &TestApp, method: Method, path: &str, body: Option<&str>) -> RequestBuilder {
+    let mut request = app.client.request(method, app.url(path));
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    request
 }
 
 fn request(app: &TestApp, method: Method, path: &str) -> RequestBuilder {
@@ -74,11 +151,18 @@ async fn dead_letter_for(
     change: NewChange,
     failure: Failure<'_>,
 ) -> (ChangeId, DeadLetterId) {
-    let id = app.journal.append(change).await.unwrap().id();
-    let claimed = app.journal.claim("worker", 1, LEASE).await.unwrap();
+    dead_letter_in(&app.journal, change, failure).await
+}
+
+async fn dead_letter_in(
+    journal: &Journal,
+    change: NewChange,
+    failure: Failure<'_>,
+) -> (ChangeId, DeadLetterId) {
+    let id = journal.append(change).await.unwrap().id();
+    let claimed = journal.claim("worker", 1, LEASE).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
-    let letter = app
-        .journal
+    let letter = journal
         .dead_letter(
             id,
             "worker",
@@ -127,83 +211,86 @@ async fn assert_error(response: Response, status: u16, code: &str) -> Value {
     body
 }
 
-#[tokio::test]
-async fn without_a_configured_token_the_admin_api_is_refused_not_open() {
-    let app = spawn_app().await;
-    for path in [
-        "/api/v1/dead-letters",
-        "/api/v1/dead-letters/1",
-        "/api/v1/nope",
-    ] {
-        let response = get(&app, path).await;
-        let body = assert_error(response, 503, "admin_disabled").await;
+/// `(METHOD, path template)` of every route `src/api/admin.rs` registers, read from its source.
+fn registered_routes() -> Vec<(String, String)> {
+    let source = include_str!("../src/api/admin.rs");
+    let mut routes = Vec::new();
+    for block in source.split(".route(").skip(1) {
+        let block = block.split(".fallback(").next().unwrap();
+        let path = block.split('"').nth(1).expect("a route's path literal");
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let registered = block
+                .match_indices(&format!("{method}("))
+                .any(|(at, _)| at == 0 || !block.as_bytes()[at - 1].is_ascii_alphanumeric());
+            if registered {
+                routes.push((method.to_uppercase(), path.to_string()));
+            }
+        }
+    }
+    routes
+}
+
+#[test]
+fn the_route_table_covers_every_registered_admin_route() {
+    let covers = |method: &str, template: &str| {
+        ROUTES.iter().any(|route| {
+            let path = route.path.trim_start_matches("/api/v1");
+            let path = path.split('?').next().unwrap();
+            let (want, have): (Vec<_>, Vec<_>) =
+                (template.split('/').collect(), path.split('/').collect());
+            route.method == method
+                && want.len() == have.len()
+                && want
+                    .iter()
+                    .zip(&have)
+                    .all(|(w, h)| w == h || w.starts_with('{'))
+        })
+    };
+    let registered = registered_routes();
+    assert!(
+        registered.len() >= 8,
+        "the parse found routes: {registered:?}"
+    );
+    for (method, template) in &registered {
         assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("admin.token"),
-            "{body}"
+            covers(method, template),
+            "{method} /api/v1{template} is not in ROUTES"
         );
     }
-    let response = app
-        .client
-        .post(app.url("/api/v1/dead-letters/replay"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 503, "admin_disabled").await;
+}
+
+#[tokio::test]
+async fn without_a_configured_token_every_admin_route_is_refused_not_open() {
+    let app = spawn_app().await;
+    for route in ROUTES {
+        let (path, body) = route.with(DeadLetterId(1), "ANY");
+        for authorization in [None, Some(format!("Bearer {TOKEN}"))] {
+            let mut request = send(&app, route.method(), &path, body.as_deref());
+            if let Some(value) = &authorization {
+                request = request.header("authorization", value);
+            }
+            let response = request.send().await.unwrap();
+            let what = format!("{} {path} with {authorization:?}", route.method);
+            assert_eq!(response.status(), 503, "{what}");
+            let body = json(response).await;
+            assert_eq!(body["error"]["code"], "admin_disabled", "{what}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("admin.token"),
+                "{what}: {body}"
+            );
+        }
+    }
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     app.stop().await;
 }
 
 #[tokio::test]
-async fn every_endpoint_wants_the_right_bearer_token() {
-    let app = spawn_admin().await;
-    let (_, shown) = dead_letter(&app, DEFAULT).await;
-    let (_, replayed) = letter_on(&app, "JIRA-2").await;
-    let (_, discarded) = letter_on(&app, "JIRA-3").await;
-    let (_, bulk) = dead_letter(
-        &app,
-        Failure {
-            record: "JIRA-4",
-            code: "BULK",
-            ..DEFAULT
-        },
-    )
-    .await;
-
-    let endpoints: Vec<(Method, String, Option<Value>, u16)> = vec![
-        (Method::GET, "/api/v1/dead-letters".into(), None, 200),
-        (Method::GET, "/api/v1/flows".into(), None, 200),
-        (Method::GET, "/api/v1/connectors".into(), None, 200),
-        (
-            Method::GET,
-            format!("/api/v1/dead-letters/{shown}"),
-            None,
-            200,
-        ),
-        (
-            Method::POST,
-            format!("/api/v1/dead-letters/{replayed}/replay"),
-            None,
-            202,
-        ),
-        (
-            Method::POST,
-            "/api/v1/dead-letters/replay".into(),
-            Some(json!({ "code": "BULK" })),
-            202,
-        ),
-        (
-            Method::DELETE,
-            format!("/api/v1/dead-letters/{discarded}"),
-            None,
-            204,
-        ),
-        (Method::GET, "/api/v1/no-such-thing".into(), None, 404),
-    ];
+async fn every_admin_route_wants_the_right_bearer_token() {
+    let app = spawn_admin_with_connector().await;
     let wrong = [
         None,
         Some("Basic YWRtaW46YWRtaW4=".to_string()),
@@ -212,43 +299,69 @@ async fn every_endpoint_wants_the_right_bearer_token() {
         Some("Bearer short".to_string()),
         // Same length, last byte differs.
         Some(format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1])),
+        Some(format!("Token {TOKEN}")),
     ];
-    for (method, path, body, ok) in &endpoints {
+    // Each route its own letter, so a replay or a discard acts on one nobody else uses; all
+    // made before any replay, whose pending change the helper's claim would otherwise take.
+    let mut letters = Vec::new();
+    for n in 0..ROUTES.len() {
+        let code = format!("ROUTE-{n}");
+        let record = format!("AUTH-{n}");
+        let failure = Failure {
+            record: &record,
+            code: &code,
+            ..DEFAULT
+        };
+        letters.push((dead_letter(&app, failure).await.1, code));
+    }
+    for (route, (letter, code)) in ROUTES.iter().zip(letters) {
+        let (path, body) = route.with(letter, &code);
+        let what = format!("{} {path}", route.method);
         for authorization in &wrong {
-            let mut req = app.client.request(method.clone(), app.url(path));
+            let mut request = send(&app, route.method(), &path, body.as_deref());
             if let Some(value) = authorization {
-                req = req.header("authorization", value);
+                request = request.header("authorization", value);
             }
-            if let Some(body) = body {
-                req = req.json(body);
-            }
-            let response = req.send().await.unwrap();
-            assert_eq!(
-                response.status(),
-                401,
-                "{method} {path} with {authorization:?}"
-            );
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{what} with {authorization:?}");
             assert!(response.headers()["www-authenticate"]
                 .to_str()
                 .unwrap()
                 .starts_with("Bearer"));
-            assert_error(response, 401, "unauthorized").await;
+            let error = assert_error(response, 401, "unauthorized").await;
+            assert!(error["error"]["message"].is_string(), "{what}: {error}");
         }
-        // The right token succeeds: none of the refused requests acted.
-        let mut req = request(&app, method.clone(), path);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let response = req.send().await.unwrap();
-        assert_eq!(response.status(), *ok, "{method} {path}");
-        if *ok == 404 {
+        // None of the refused requests acted.
+        assert_eq!(letter_status(&app, letter).await.0, "open", "{what}");
+
+        let response = send(&app, route.method(), &path, body.as_deref())
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), route.ok, "{what}");
+        if route.ok == 404 {
             assert_error(response, 404, "not_found").await;
         }
+        // The right token on an id that does not exist: a 404, never a 401.
+        if route.needs_letter() {
+            let (path, body) = route.with(DeadLetterId(999_999), "NO-SUCH-CODE");
+            let response = send(&app, route.method(), &path, body.as_deref())
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            assert!(
+                status == 404 || (200..300).contains(&status),
+                "{} {path}: {status}",
+                route.method
+            );
+            if status == 404 {
+                assert_error(response, 404, "not_found").await;
+            }
+        }
     }
-    assert_eq!(letter_status(&app, shown).await.0, "open");
-    assert_eq!(letter_status(&app, replayed).await.0, "replayed");
-    assert_eq!(letter_status(&app, discarded).await.0, "discarded");
-    assert_eq!(letter_status(&app, bulk).await.0, "replayed");
     app.stop().await;
 }
 
@@ -425,6 +538,159 @@ async fn pages_hold_exactly_the_original_letters_while_new_ones_arrive() {
     let body = json(get(&app, "/api/v1/dead-letters?limit=500").await).await;
     assert_eq!(ids(&body).len(), 25 + arrivals);
     assert_eq!(body["next_cursor"], Value::Null);
+    app.stop().await;
+}
+
+/// Every page of a listing, from its first: `items` names the array and `id` each item's id.
+/// After each page it waits for `inserted` to move, so the inserting task has always committed
+/// a row between two page requests.
+async fn walk_pages(
+    app: &TestApp,
+    first: &str,
+    items: &str,
+    id: &str,
+    inserted: &mut tokio::sync::watch::Receiver<u64>,
+) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let path = match &cursor {
+            None => first.to_string(),
+            Some(cursor) => format!("{first}&cursor={cursor}"),
+        };
+        let response = get(app, &path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let body = json(response).await;
+        inserted.borrow_and_update();
+        seen.extend(
+            body[items]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| item[id].as_i64().unwrap()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return seen,
+        }
+        inserted.changed().await.unwrap();
+    }
+    panic!("paging {first} does not end");
+}
+
+/// What a walk must show: each row that existed before it, exactly once, and no row twice, in
+/// one consistent order (newest first).
+fn assert_walk(seen: &[i64], before: &[i64]) {
+    let unique: HashSet<&i64> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a row seen twice: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {seen:?}"
+    );
+    let missing: Vec<&i64> = before.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(missing.is_empty(), "missed {missing:?} in {seen:?}");
+}
+
+#[tokio::test]
+async fn dead_letter_pages_stay_whole_while_another_task_keeps_failing_changes() {
+    let app = spawn_admin().await;
+    for n in 0..30 {
+        letter_on(&app, &format!("OLD-{n}")).await;
+    }
+    let (tx, mut inserted) = tokio::sync::watch::channel(0u64);
+    let journal = app.journal.clone();
+    let inserter = tokio::spawn(async move {
+        // Bounded, and over as soon as the walk stops listening.
+        for n in 1..=1000 {
+            let record = format!("LIVE-{n}");
+            let change = common::change(&record, &unique_key());
+            dead_letter_in(
+                &journal,
+                change,
+                Failure {
+                    record: &record,
+                    ..DEFAULT
+                },
+            )
+            .await;
+            if tx.send(n).is_err() {
+                return n;
+            }
+        }
+        1000
+    });
+    inserted.changed().await.unwrap();
+    let before: Vec<i64> = sqlx::query_scalar("SELECT id FROM dead_letters")
+        .fetch_all(app.journal.pool())
+        .await
+        .unwrap();
+    let seen = walk_pages(
+        &app,
+        "/api/v1/dead-letters?limit=7",
+        "items",
+        "id",
+        &mut inserted,
+    )
+    .await;
+    drop(inserted);
+    let made = inserter.await.unwrap();
+    assert!(
+        before.len() >= 31 && made >= 5,
+        "{} before, {made} made",
+        before.len()
+    );
+    assert_walk(&seen, &before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn record_history_pages_stay_whole_while_the_record_keeps_changing() {
+    let app = spawn_admin_with_connector().await;
+    let edit = |n: u64| NewChange {
+        connector: "crm".into(),
+        object: "issue".into(),
+        record_id: "CRM-7".into(),
+        op: tandem::journal::ChangeOp::Upsert,
+        snapshot: json!({ "summary": format!("edit {n}") }),
+        source_modified_at: Some(1_700_000_000_000 + n as i64),
+        origin: tandem::journal::Origin::Webhook,
+        dedupe_key: format!("crm/issue/CRM-7@{n}"),
+    };
+    for n in 0..30 {
+        app.journal.append(edit(n)).await.unwrap();
+    }
+    let (tx, mut inserted) = tokio::sync::watch::channel(0u64);
+    let journal = app.journal.clone();
+    let inserter = tokio::spawn(async move {
+        for n in 1..=1000 {
+            journal.append(edit(1000 + n)).await.unwrap();
+            if tx.send(n).is_err() {
+                return n;
+            }
+        }
+        1000
+    });
+    inserted.changed().await.unwrap();
+    let before: Vec<i64> = sqlx::query_scalar("SELECT id FROM changes WHERE record_id = 'CRM-7'")
+        .fetch_all(app.journal.pool())
+        .await
+        .unwrap();
+    let seen = walk_pages(
+        &app,
+        "/api/v1/records/crm/issue/CRM-7?limit=7",
+        "history",
+        "change_id",
+        &mut inserted,
+    )
+    .await;
+    drop(inserted);
+    let made = inserter.await.unwrap();
+    assert!(
+        before.len() >= 31 && made >= 5,
+        "{} before, {made} made",
+        before.len()
+    );
+    assert_walk(&seen, &before);
     app.stop().await;
 }
 

@@ -172,6 +172,7 @@ async fn metrics_expose_journal_depth_by_status_and_the_oldest_age() {
     for line in [
         r#"tandem_journal_changes{status="pending"} 1"#,
         r#"tandem_journal_changes{status="dead"} 0"#,
+        r#"tandem_journal_backlog{connector="jira",object="issue",status="pending"} 1"#,
         "tandem_journal_appended_total 1",
         "# TYPE tandem_journal_oldest_unsettled_age_seconds gauge",
     ] {

@@ -34,7 +34,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state
         .metrics
-        .render(&state.journal, &state.connectors)
+        .render(&state.journal, &state.connectors, &state.settings.flows)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     Ok((

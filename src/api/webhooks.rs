@@ -74,7 +74,7 @@ async fn handle(
         Ok(webhook) => webhook,
         Err(WebhookError::Unauthorized(reason)) => {
             count(WebhookResult::unauthorized);
-            tracing::warn!(connector = %name, %reason, "webhook refused");
+            tracing::warn!(connector = %name, reason = %loggable(&reason), "webhook refused");
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -93,6 +93,11 @@ async fn handle(
     let result = if webhook.changes.is_empty() {
         WebhookResult::ignored
     } else {
+        let records: Vec<(String, String)> = webhook
+            .changes
+            .iter()
+            .map(|c| (c.object.clone(), c.record_id.clone()))
+            .collect();
         let appended = match state.journal.append_all(webhook.changes, None).await {
             Ok(appended) => appended,
             Err(error) => {
@@ -104,6 +109,14 @@ async fn handle(
                 ));
             }
         };
+        // Ids only: a snapshot is customer data and stays in the journal.
+        for (appended, (object, record_id)) in appended.iter().zip(&records) {
+            let (change_id, stored) = match appended {
+                Appended::New(id) => (id, "new"),
+                Appended::Duplicate(id) => (id, "duplicate"),
+            };
+            tracing::debug!(%change_id, connector = %name, %object, %record_id, stored, "webhook change stored");
+        }
         let new = appended
             .iter()
             .filter(|a| matches!(a, Appended::New(_)))
@@ -154,6 +167,16 @@ pub async fn count_oversized(
     response
 }
 
+/// A refusal reason as logged: it may quote what an unauthenticated sender put in its body
+/// (an organization id), so its length is the sender's choice unless it is cut here.
+fn loggable(reason: &str) -> &str {
+    const MAX: usize = 200;
+    match reason.char_indices().nth(MAX) {
+        Some((at, _)) => &reason[..at],
+        None => reason,
+    }
+}
+
 /// The answer an Outbound Message sender needs to stop retrying.
 const SOAP_ACK: &str = concat!(
     r#"<?xml version="1.0" encoding="UTF-8"?>"#,
@@ -161,3 +184,16 @@ const SOAP_ACK: &str = concat!(
     r#"<soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">"#,
     r#"<Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#
 );
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_refusal_reason_is_logged_at_most_200_characters_long() {
+        assert_eq!(
+            super::loggable("wrong webhook token"),
+            "wrong webhook token"
+        );
+        let long = format!("from organization {}", "é".repeat(10_000));
+        assert_eq!(super::loggable(&long).chars().count(), 200);
+    }
+}

@@ -121,3 +121,74 @@ impl Journal {
         .await?)
     }
 }
+
+/// The unsettled changes of one connector's object in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BacklogGroup {
+    pub connector: String,
+    pub object: String,
+    /// `pending` or `in_flight`.
+    pub status: String,
+    pub count: i64,
+    /// When the oldest of them was received, epoch ms.
+    pub oldest_received_at: i64,
+}
+
+/// Open dead letters of one flow refused by one connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenLetters {
+    /// `None` for a letter no flow was named on.
+    pub flow: Option<String>,
+    pub connector: String,
+    pub count: i64,
+}
+
+impl Journal {
+    /// Every connector's and object's unsettled changes, for `/metrics`.
+    ///
+    /// Only unsettled rows are read (the status index finds them), so a scrape costs the size
+    /// of the backlog, not of the whole history.
+    pub async fn backlog_by_object(&self) -> Result<Vec<BacklogGroup>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT connector, object, status, COUNT(*) AS count, MIN(received_at) AS oldest
+               FROM changes
+              WHERE status IN ('pending', 'in_flight')
+              GROUP BY connector, object, status",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BacklogGroup {
+                    connector: row.try_get("connector")?,
+                    object: row.try_get("object")?,
+                    status: row.try_get("status")?,
+                    count: row.try_get("count")?,
+                    oldest_received_at: row.try_get("oldest")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Open dead letters by flow and the connector that refused, for `/metrics`: unlike a
+    /// counter it survives restarts and falls when letters are replayed, discarded or superseded.
+    pub async fn open_dead_letters_by_flow(&self) -> Result<Vec<OpenLetters>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT flow, connector, COUNT(*) AS count
+               FROM dead_letters
+              WHERE status = 'open'
+              GROUP BY flow, connector",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OpenLetters {
+                    flow: row.try_get("flow")?,
+                    connector: row.try_get("connector")?,
+                    count: row.try_get("count")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -26,7 +26,7 @@ pub use dead_letters::{
     BulkReplay, DeadLetter, DeadLetterChange, DeadLetterFilter, DeadLetterStatus, ReplayError,
     MAX_DEAD_LETTER_PAGE,
 };
-pub use history::{Backlog, HistoryEntry};
+pub use history::{Backlog, BacklogGroup, HistoryEntry, OpenLetters};
 pub use links::{Link, Settlement, Synced, Unsettled};
 pub use model::{
     Appended, Change, ChangeId, ChangeOp, ChangeStatus, DeadLetterId, NewChange, NewDeadLetter,
