@@ -36,6 +36,11 @@ const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/v1/dead-letters/replay", body: Some(r#"{"code":"{code}"}"#), ok: 202 },
     Route { method: "DELETE", path: "/api/v1/dead-letters/{letter}", body: None, ok: 204 },
     Route { method: "GET", path: "/api/v1/flows", body: None, ok: 200 },
+    // No flow is configured here: the flow routes answer 404 `unknown_flow` (tests/schedule.rs
+    // drives them on a real flow).
+    Route { method: "GET", path: "/api/v1/flows/nightly", body: None, ok: 404 },
+    Route { method: "GET", path: "/api/v1/flows/nightly/runs?limit=5", body: None, ok: 404 },
+    Route { method: "POST", path: "/api/v1/flows/nightly/run", body: None, ok: 404 },
     Route { method: "GET", path: "/api/v1/connectors", body: None, ok: 200 },
     Route { method: "GET", path: "/api/v1/records/crm/issue/CRM-1?limit=5", body: None, ok: 200 },
     // Unknown paths are behind the token too: without it nobody learns which paths exist.
@@ -341,7 +346,12 @@ async fn every_admin_route_wants_the_right_bearer_token() {
             .unwrap();
         assert_eq!(response.status(), route.ok, "{what}");
         if route.ok == 404 {
-            assert_error(response, 404, "not_found").await;
+            let code = if route.path.starts_with("/api/v1/flows/") {
+                "unknown_flow"
+            } else {
+                "not_found"
+            };
+            assert_error(response, 404, code).await;
         }
         // The right token on an id that does not exist: a 404, never a 401.
         if route.needs_letter() {

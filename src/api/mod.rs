@@ -1,8 +1,10 @@
-//! The HTTP surface: health, metrics, webhook intake, and the admin API under `/api/v1`.
+//! The HTTP surface: health, metrics, webhook intake, the admin API under `/api/v1`, and the
+//! operator dashboard at `/` that calls it.
 //!
 //! **The API layer never calls a vendor**: it reads and writes the journal only.
 
 mod admin;
+mod dashboard;
 mod error;
 mod health;
 mod status;
@@ -90,6 +92,7 @@ pub fn router(state: AppState) -> Router {
                 admin::require_token,
             )),
         )
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .layer(middleware)
         .with_state(state)
