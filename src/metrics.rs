@@ -89,6 +89,8 @@ struct ConnectorLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SyncLabels {
     flow: String,
+    /// The connector the flow writes to for this change (the other side's).
+    connector: String,
     /// created, written, linked, echo, stale, conflict, deleted, unlinked, skipped, failed.
     outcome: String,
 }
@@ -343,23 +345,38 @@ impl Metrics {
         }
     }
 
-    pub fn count_sync(&self, flow: &str, outcome: &str) {
+    /// A change of `flow` whose counterpart is on `connector` ended with `outcome`.
+    pub fn count_sync(&self, flow: &str, connector: &str, outcome: &str) {
         self.sync_outcomes
             .get_or_create(&SyncLabels {
                 flow: flow.to_string(),
+                connector: connector.to_string(),
                 outcome: outcome.to_string(),
             })
             .inc();
     }
 
-    /// How many changes of a flow ended with `outcome` since the process started.
-    pub fn sync_count(&self, flow: &str, outcome: &str) -> u64 {
-        self.sync_outcomes
-            .get_or_create(&SyncLabels {
-                flow: flow.to_string(),
-                outcome: outcome.to_string(),
+    /// How many changes of a flow (written to any of `connectors`) ended with `outcome` since
+    /// the process started.
+    pub fn sync_count(&self, flow: &str, connectors: &[&str], outcome: &str) -> u64 {
+        let mut seen = Vec::new();
+        connectors
+            .iter()
+            .filter(|c| {
+                let first = !seen.contains(c);
+                seen.push(*c);
+                first
             })
-            .get()
+            .map(|connector| {
+                self.sync_outcomes
+                    .get_or_create(&SyncLabels {
+                        flow: flow.to_string(),
+                        connector: connector.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .get()
+            })
+            .sum()
     }
 
     pub fn count_conflicts(&self, flow: &str, n: u64) {

@@ -231,6 +231,18 @@ fn value(sample: &Sample) -> f64 {
     }
 }
 
+/// The sum over the samples of `name` whose labels are exactly `labels` (0 when none).
+fn sum_where(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    family(scrape, name)
+        .into_iter()
+        .filter(|s| {
+            s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map(value)
+        .sum()
+}
+
 fn at(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(sample(scrape, name, labels))
 }
@@ -370,14 +382,24 @@ async fn a_scrape_after_a_sync_has_every_promised_series_with_its_labels() {
         ) >= 1.0
     );
 
-    // What the engine did, by flow and outcome; echoes are the `echo` outcome.
-    assert_labels(&scrape, "tandem_sync_outcomes_total", &["flow", "outcome"]);
+    // What the engine did, by flow, target connector and outcome; echoes are the `echo`
+    // outcome.
+    assert_labels(
+        &scrape,
+        "tandem_sync_outcomes_total",
+        &["flow", "connector", "outcome"],
+    );
     let outcome = |o: &str| {
-        at(
-            &scrape,
-            "tandem_sync_outcomes_total",
-            &[("flow", "support"), ("outcome", o)],
-        )
+        ["jira", "salesforce"]
+            .iter()
+            .map(|c| {
+                sum_where(
+                    &scrape,
+                    "tandem_sync_outcomes_total",
+                    &[("flow", "support"), ("connector", c), ("outcome", o)],
+                )
+            })
+            .sum::<f64>()
     };
     assert!(outcome("created") >= 2.0, "one create each way");
     assert!(outcome("written") >= 1.0);

@@ -86,7 +86,13 @@ async fn flow_status(
         "skipped", "failed",
     ]
     .into_iter()
-    .map(|o| (o.to_string(), json!(state.metrics.sync_count(name, o))))
+    .map(|o| {
+        let connectors = [flow.left.connector.as_str(), flow.right.connector.as_str()];
+        (
+            o.to_string(),
+            json!(state.metrics.sync_count(name, &connectors, o)),
+        )
+    })
     .collect();
     let (mode, next_run) = match &flow.mode {
         FlowMode::Realtime => (json!("realtime"), None),

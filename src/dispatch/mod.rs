@@ -109,18 +109,23 @@ impl Dispatcher {
         // Distinct records (the claim hands out one change per record): safe to run at once;
         // each connector's limiter bounds the calls.
         let mut tasks = JoinSet::new();
+        let mut ids = std::collections::HashMap::new();
         for change in claimed {
             let this = Arc::clone(self);
-            tasks.spawn(async move { this.process(change, None).await });
+            let id = change.id;
+            let task = tasks.spawn(async move { this.process(change, None).await });
+            ids.insert(task.id(), id);
         }
-        while let Some(result) = tasks.join_next().await {
+        while let Some(result) = tasks.join_next_with_id().await {
             match result {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(connector = %self.connector, %error, "settling a change failed; its lease will expire and it is retried")
+                Ok((_, Ok(_))) => {}
+                Ok((task, Err(error))) => {
+                    let change_id = ids.get(&task).map(|id| id.0);
+                    tracing::warn!(connector = %self.connector, change_id, %error, "settling a change failed; its lease will expire and it is retried")
                 }
                 Err(panic) => {
-                    tracing::error!(connector = %self.connector, %panic, "a change's task panicked; its lease will expire and it is retried")
+                    let change_id = ids.get(&panic.id()).map(|id| id.0);
+                    tracing::error!(connector = %self.connector, change_id, %panic, "a change's task panicked; its lease will expire and it is retried")
                 }
             }
         }
@@ -178,7 +183,8 @@ impl Dispatcher {
         for route in &routes {
             match self.engine.sync_in(&work, route, batch).await {
                 Ok(done) => {
-                    self.metrics.count_sync(route.name, done.outcome);
+                    self.metrics
+                        .count_sync(route.name, &route.target().connector, done.outcome);
                     if done.outcome == "written" || done.outcome == "created" {
                         if let Some(at) = work.modified_at {
                             self.metrics
@@ -190,7 +196,17 @@ impl Dispatcher {
                         self.metrics
                             .count_conflicts(route.name, conflicts.len() as u64);
                     }
-                    tracing::info!(flow = route.name, outcome = done.outcome, "synced");
+                    let counterpart = done.link.as_ref().map(|link| match route.side {
+                        crate::sync::mapping::Side::Left => link.right_id.as_str(),
+                        crate::sync::mapping::Side::Right => link.left_id.as_str(),
+                    });
+                    tracing::info!(
+                        flow = route.name,
+                        target = %route.target().connector,
+                        counterpart,
+                        outcome = done.outcome,
+                        "synced"
+                    );
                     first_outcome.get_or_insert(done.outcome);
                     outcomes.insert(
                         route.name.to_string(),
@@ -252,7 +268,7 @@ impl Dispatcher {
             }
             return Ok(Settled::Deferred);
         }
-        self.metrics.count_sync(&flow, "failed");
+        self.metrics.count_sync(&flow, &error.connector, "failed");
         let attempts = lead.attempts;
         let age = Duration::from_millis(u64::try_from(now_ms() - lead.received_at).unwrap_or(0));
         if error.is_retryable()

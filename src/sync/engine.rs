@@ -99,6 +99,13 @@ pub struct Route<'a> {
     pub shared: bool,
 }
 
+impl Route<'_> {
+    /// The side the flow writes to for this change.
+    pub fn target(&self) -> &SideSettings {
+        side_of(self.flow, self.side.other())
+    }
+}
+
 pub struct Engine {
     settings: std::sync::Arc<Settings>,
     connectors: Connectors,
