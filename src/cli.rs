@@ -54,6 +54,20 @@ pub enum Command {
         #[command(flatten)]
         remote: remote::Remote,
     },
+    /// Compare both sides of a flow with its links in a running daemon: missing counterparts,
+    /// drifted fields, orphaned links; --repair appends the changes that fix them.
+    Reconcile {
+        #[arg(long)]
+        flow: String,
+        /// Only records modified this long ago or later (e.g. 24h); default everything.
+        #[arg(long)]
+        since: Option<String>,
+        /// Append the changes that fix what is found, through the flow's normal planner.
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
     /// Run one vendor emulator on its own, until SIGTERM or Ctrl-C.
     Sim {
         #[command(subcommand)]
@@ -94,7 +108,10 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Operator commands print their answer; they need a runtime, not the daemon's logging.
-    if matches!(cli.command, Command::Dlq { .. } | Command::Flows { .. }) {
+    if matches!(
+        cli.command,
+        Command::Dlq { .. } | Command::Flows { .. } | Command::Reconcile { .. }
+    ) {
         let result = tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|runtime| {
@@ -104,6 +121,15 @@ pub fn main() -> ExitCode {
                             remote::dlq(command, remote, settings).await
                         }
                         Command::Flows { remote } => remote::flows(remote, settings).await,
+                        Command::Reconcile {
+                            flow,
+                            since,
+                            repair,
+                            remote,
+                        } => {
+                            remote::reconcile(&flow, since.as_deref(), repair, remote, settings)
+                                .await
+                        }
                         _ => unreachable!("matched above"),
                     }
                 })
@@ -136,7 +162,8 @@ pub fn main() -> ExitCode {
             | Command::Sim { .. }
             | Command::Demo(_)
             | Command::Dlq { .. }
-            | Command::Flows { .. } => {
+            | Command::Flows { .. }
+            | Command::Reconcile { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }

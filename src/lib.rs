@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod reconcile;
 pub mod schedule;
 pub mod sim;
 pub mod sync;

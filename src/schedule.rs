@@ -22,13 +22,14 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FlowMode, FlowSettings, Schedule, Settings};
+use crate::config::{FlowMode, FlowSettings, ReconcileSchedule, Schedule, Settings};
 use crate::connectors::limit::{calls_in_scope, counting_calls};
 use crate::connectors::{Connectors, COMMENT_OBJECT};
 use crate::dispatch::{scheduled_only, Dispatcher, Settled};
 use crate::ingest::{self, Poller};
 use crate::journal::{now_ms, Journal, JournalError, Objects, RunCounts, StartRunError, Watermark};
 use crate::metrics::Metrics;
+use crate::reconcile::{ReconcileError, Reconciler, Report};
 use crate::sync::batch::Batch;
 use crate::sync::engine::Engine;
 
@@ -459,6 +460,11 @@ impl Scheduler {
         self.prepare().await?;
         let mut timers = JoinSet::new();
         for (name, flow) in &self.settings.flows {
+            if let Some(plan) = &flow.reconcile {
+                let this = self.clone();
+                let (name, plan) = (name.clone(), plan.clone());
+                timers.spawn(async move { this.reconcile_timer(&name, &plan).await });
+            }
             let FlowMode::Scheduled(schedule) = &flow.mode else {
                 continue;
             };
@@ -501,6 +507,75 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 () = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Reconcile `flow` now: compare both sides with the links, keep the report, and with
+    /// `repair` append the changes that fix what was found. `since`: only records modified
+    /// that long ago or later.
+    pub async fn reconcile(
+        &self,
+        flow: &str,
+        since: Option<Duration>,
+        repair: bool,
+    ) -> Result<Report, ReconcileError> {
+        let since = since.map(|d| now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let report = Reconciler {
+            settings: &self.settings,
+            connectors: &self.connectors,
+            journal: &self.journal,
+        }
+        .run(flow, since, repair)
+        .await?;
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        self.journal
+            .save_reconcile_report(flow, report.started_at, &json)
+            .await?;
+        tracing::info!(
+            flow,
+            missing = report.missing.len(),
+            drifted = report.drifted.len(),
+            orphaned = report.orphaned.len(),
+            in_flight = report.in_flight,
+            enqueued = report.enqueued,
+            api_calls = report.api_calls,
+            "reconciled"
+        );
+        Ok(report)
+    }
+
+    /// Reconcile a flow on its `reconcile` schedule, counting from the last report.
+    async fn reconcile_timer(self: Arc<Self>, flow: &str, plan: &ReconcileSchedule) {
+        loop {
+            let last = match self.journal.last_reconcile_report(flow).await {
+                Ok(report) => report.and_then(|r| r["started_at"].as_i64()),
+                Err(error) => {
+                    tracing::warn!(flow, %error, "reading the last reconcile report failed");
+                    None
+                }
+            };
+            let wait = until(
+                next_after(&plan.schedule, last.unwrap_or_else(now_ms)),
+                Utc::now(),
+            );
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.stop.cancelled() => return,
+            }
+            let stop = self.stop.clone();
+            tokio::select! {
+                result = self.reconcile(flow, plan.since, plan.repair) => {
+                    if let Err(error) = result {
+                        tracing::warn!(flow, %error, "a scheduled reconcile failed");
+                        // Not again at once: the schedule counts from the last report.
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                }
+                () = stop.cancelled() => return,
             }
         }
     }

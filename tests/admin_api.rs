@@ -41,6 +41,8 @@ const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/v1/flows/nightly", body: None, ok: 404 },
     Route { method: "GET", path: "/api/v1/flows/nightly/runs?limit=5", body: None, ok: 404 },
     Route { method: "POST", path: "/api/v1/flows/nightly/run", body: None, ok: 404 },
+    Route { method: "GET", path: "/api/v1/flows/nightly/reconcile", body: None, ok: 404 },
+    Route { method: "POST", path: "/api/v1/flows/nightly/reconcile", body: None, ok: 404 },
     Route { method: "GET", path: "/api/v1/connectors", body: None, ok: 200 },
     Route { method: "GET", path: "/api/v1/records/crm/issue/CRM-1?limit=5", body: None, ok: 200 },
     // Unknown paths are behind the token too: without it nobody learns which paths exist.

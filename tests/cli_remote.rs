@@ -2,31 +2,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use serde_json::Value;
 use tandem::journal::NewDeadLetter;
 
-/// Run `tandem` with `args` (blocking, off the runtime's threads); (code, stdout, stderr).
-async fn tandem(dir: &std::path::Path, args: Vec<String>) -> (i32, String, String) {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(&args)
-            .current_dir(&dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
-}
+use common::tandem;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_lists_shows_and_replays_dead_letters_from_the_command_line() {

@@ -110,6 +110,27 @@ async fn edit_issue(sims: &Sims, key: &str, summary: &str) {
     assert_eq!(response.status(), 204);
 }
 
+/// Run the `tandem` binary in a scratch directory; (code, stdout, stderr).
+async fn cli(args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    common::tandem(dir.path(), args.iter().map(|a| a.to_string()).collect()).await
+}
+
+/// An issue as Jira answers it, or `None` once it is deleted.
+async fn get_issue(sims: &Sims, id: &str) -> Option<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/rest/api/3/issue/{id}", sims.jira.base_url()))
+        .basic_auth("sim@example.com", Some("sim-token"))
+        .send()
+        .await
+        .unwrap();
+    match response.status().as_u16() {
+        404 => None,
+        200 => Some(response.json().await.unwrap()),
+        other => panic!("GET issue {id}: {other}"),
+    }
+}
+
 async fn admin(app: &common::TestApp, method: reqwest::Method, path: &str) -> (u16, Value) {
     let response = app
         .client
@@ -164,15 +185,23 @@ fn cases_by_marker(sims: &Sims) -> BTreeMap<String, Value> {
 
 /// The emulators' connectors, the flow, and the admin token (from a file, as secrets are).
 fn config(sims: &Sims, dir: &tempfile::TempDir) -> String {
+    config_with(sims, dir, FLOW)
+}
+
+fn config_with(sims: &Sims, dir: &tempfile::TempDir, flow: &str) -> String {
     let token = dir.path().join("admin-token");
     std::fs::write(&token, TOKEN).unwrap();
     let admin = format!("[admin]\ntoken = {{ file = \"{}\" }}\n", token.display());
-    sims.config(dir, &format!("{admin}{FLOW}"))
+    sims.config(dir, &format!("{admin}{flow}"))
 }
 
 async fn start(sims: &Sims) -> common::TestApp {
+    start_with(sims, FLOW).await
+}
+
+async fn start_with(sims: &Sims, flow: &str) -> common::TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let settings = common::settings(&dir, &config(sims, &dir));
+    let settings = common::settings(&dir, &config_with(sims, &dir, flow));
     common::spawn_with(settings, dir).await
 }
 
@@ -498,6 +527,179 @@ async fn a_run_killed_half_way_is_resumed_by_the_next_without_duplicates() {
          the next run wrote {resumed_written}, {} of them again (upserted on their marker)",
         before_resume as i64 - settled_at_kill
     );
+    app.stop().await;
+    sims.stop().await;
+}
+
+async fn reconcile(app: &common::TestApp, query: &str) -> Value {
+    let (status, report) = admin(
+        app,
+        reqwest::Method::POST,
+        &format!("/flows/nightly/reconcile?{query}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    report
+}
+
+#[tokio::test]
+async fn reconcile_finds_each_kind_of_drift_and_repair_fixes_it_through_the_flow() {
+    let sims = Sims::start().await;
+    // Deletes propagate, so repairing an orphaned link removes the record left behind.
+    let flow = FLOW
+        .replace(
+            "[flows.nightly.defaults.left]",
+            "[flows.nightly.defaults.left]\n",
+        )
+        .replace(
+            "mode = { scheduled = { every = \"1h\" } }",
+            "mode = { scheduled = { every = \"1h\" } }\ndeletes = \"propagate\"",
+        );
+    let app = start_with(&sims, &flow).await;
+    let (_, none) = admin(&app, reqwest::Method::GET, "/flows/nightly/reconcile").await;
+    assert_eq!(none["error"]["code"], "no_report");
+    let ids = create_issues(&sims, 4, "pair").await;
+    assert_eq!(run(&app).await["written"], 4);
+    let clean = reconcile(&app, "").await;
+    assert_eq!(clean["links"], 4, "{clean}");
+    assert!(clean["missing"].as_array().unwrap().is_empty(), "{clean}");
+    assert!(clean["drifted"].as_array().unwrap().is_empty(), "{clean}");
+    assert!(clean["orphaned"].as_array().unwrap().is_empty(), "{clean}");
+
+    // Plant one of each, behind Tandem's back (no webhooks, no run).
+    let cases = cases_by_marker(&sims);
+    let case = |i: usize| cases[&ids[i]]["Id"].as_str().unwrap().to_string();
+    // Drift on the right: a case edited where no notification reached Tandem.
+    sims.sf
+        .update("Case", &case(0), json!({"Subject": "edited in Salesforce"}))
+        .unwrap();
+    // Drift on the left.
+    edit_issue(&sims, &ids[1], "edited in Jira").await;
+    // An orphaned link: the case is gone.
+    sims.sf.delete(&case(2)).unwrap();
+    // A missing counterpart: an issue no run has seen yet.
+    let new = create_issues(&sims, 1, "unseen").await.remove(0);
+
+    // As an operator sees it in the terminal …
+    let (code, table, stderr) = cli(&[
+        "reconcile",
+        "--flow",
+        "nightly",
+        "--url",
+        &app.url(""),
+        "--token",
+        TOKEN,
+    ])
+    .await;
+    eprintln!("{table}");
+    assert_eq!(code, 0, "{stderr}");
+    for heading in ["MISSING COUNTERPARTS", "DRIFTED FIELDS", "ORPHANED LINKS"] {
+        assert!(table.contains(heading), "{table}");
+    }
+    assert!(table.contains("edited in Salesforce"), "{table}");
+    let (code, _, stderr) = cli(&[
+        "reconcile",
+        "--flow",
+        "nope",
+        "--url",
+        &app.url(""),
+        "--token",
+        TOKEN,
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no flow named `nope`"), "{stderr}");
+    // … and as JSON.
+    let report = reconcile(&app, "").await;
+    let missing = report["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 1, "{report}");
+    assert_eq!(missing[0]["side"], "left");
+    assert_eq!(missing[0]["id"], new.as_str());
+    let drifted = report["drifted"].as_array().unwrap();
+    assert_eq!(drifted.len(), 2, "{report}");
+    let by_left = |id: &str| {
+        drifted
+            .iter()
+            .find(|d| d["left_id"] == id)
+            .unwrap_or_else(|| panic!("no drift for {id}: {report}"))
+    };
+    let right_edit = &by_left(&ids[0])["fields"][0];
+    assert_eq!(right_edit["left_field"], "summary");
+    assert_eq!(right_edit["left"], "pair 0");
+    assert_eq!(right_edit["right"], "edited in Salesforce");
+    assert_eq!(right_edit["changed_since_sync"], "right");
+    let left_edit = &by_left(&ids[1])["fields"][0];
+    assert_eq!(left_edit["left"], "edited in Jira");
+    assert_eq!(left_edit["right"], "pair 1");
+    assert_eq!(left_edit["changed_since_sync"], "left");
+    let orphaned = report["orphaned"].as_array().unwrap();
+    assert_eq!(orphaned.len(), 1, "{report}");
+    assert_eq!(orphaned[0]["left_id"], ids[2].as_str());
+    assert_eq!(orphaned[0]["missing"], "right");
+    assert_eq!(report["enqueued"], 0, "a report alone changes nothing");
+    // The last report is kept.
+    let (status, last) = admin(&app, reqwest::Method::GET, "/flows/nightly/reconcile").await;
+    assert_eq!(status, 200);
+    assert_eq!(last, report);
+
+    // Repair: changes through the normal planner, carried out by the flow's next run.
+    let repaired = reconcile(&app, "repair=true").await;
+    assert_eq!(repaired["enqueued"], 4, "{repaired}");
+    let after = run(&app).await;
+    assert_eq!(after["status"], "succeeded", "{after}");
+    let cases = cases_by_marker(&sims);
+    assert!(
+        cases.contains_key(&new),
+        "the missing counterpart was created"
+    );
+    assert_eq!(
+        get_issue(&sims, &ids[0]).await.unwrap()["fields"]["summary"],
+        "edited in Salesforce",
+        "the right side's edit went left"
+    );
+    assert_eq!(cases[&ids[1]]["Subject"], "edited in Jira");
+    assert!(
+        get_issue(&sims, &ids[2]).await.is_none(),
+        "the orphan's issue was deleted, as the flow's delete policy says"
+    );
+    let clean = reconcile(&app, "").await;
+    assert!(clean["missing"].as_array().unwrap().is_empty(), "{clean}");
+    assert!(clean["drifted"].as_array().unwrap().is_empty(), "{clean}");
+    assert!(clean["orphaned"].as_array().unwrap().is_empty(), "{clean}");
+    assert_eq!(clean["links"], 4, "{clean}");
+
+    // Bad input is refused before anything is listed.
+    let (status, body) = admin(
+        &app,
+        reqwest::Method::POST,
+        "/flows/nightly/reconcile?since=yesterday",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test]
+async fn a_flow_reconciles_itself_on_its_schedule() {
+    let sims = Sims::start().await;
+    let flow = FLOW.replace(
+        "mode = { scheduled = { every = \"1h\" } }",
+        "mode = { scheduled = { every = \"1h\" } }\nreconcile = { every = \"300ms\", since = \"1h\" }",
+    );
+    let app = start_with(&sims, &flow).await;
+    create_issues(&sims, 2, "scheduled reconcile").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, report) = admin(&app, reqwest::Method::GET, "/flows/nightly/reconcile").await;
+        if status == 200 && report["missing"].as_array().unwrap().len() == 2 {
+            assert_eq!(report["repair"], false);
+            assert!(report["since"].as_i64().is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scheduled report: {report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     app.stop().await;
     sims.stop().await;
 }

@@ -44,6 +44,10 @@ pub fn router() -> Router<AppState> {
         .route("/flows/{name}/runs", get(super::status::runs))
         .route("/flows/{name}/run", post(super::status::run))
         .route(
+            "/flows/{name}/reconcile",
+            get(super::status::last_reconcile).post(super::status::reconcile),
+        )
+        .route(
             "/records/{connector}/{object}/{id}",
             get(super::status::record),
         )

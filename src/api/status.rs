@@ -221,6 +221,71 @@ pub async fn run(
     }
 }
 
+/// `POST /api/v1/flows/{name}/reconcile?since=24h&repair=true`: compare both sides with the
+/// links now and answer the report (kept: `GET` shows the newest).
+pub async fn reconcile(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    known_flow(&state, &name)?;
+    let mut since = None;
+    let mut repair = false;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "since" if !value.is_empty() => {
+                since = Some(humantime::parse_duration(&value).map_err(|_| {
+                    bad_request(format!(
+                        "`since` must be a duration like `24h` or `30m`, not `{value}`"
+                    ))
+                })?)
+            }
+            "since" => {}
+            "repair" => {
+                repair = match value.as_ref() {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad_request("`repair` is true or false")),
+                }
+            }
+            other => {
+                return Err(bad_request(format!(
+                    "unknown query parameter `{other}`; expected since or repair"
+                )))
+            }
+        }
+    }
+    match state.scheduler.reconcile(&name, since, repair).await {
+        Ok(report) => Ok(Json(json!(report))),
+        Err(crate::reconcile::ReconcileError::Vendor(error)) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "vendor_error",
+            format!("reconcile could not list a side: {error}"),
+        )),
+        Err(error) => Err(ApiError::internal(&error)),
+    }
+}
+
+/// `GET /api/v1/flows/{name}/reconcile`: the newest reconcile report of the flow.
+pub async fn last_reconcile(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    known_flow(&state, &name)?;
+    state
+        .journal
+        .last_reconcile_report(&name)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no_report",
+                format!("flow `{name}` has not been reconciled yet; POST to this path to run one"),
+            )
+        })
+}
+
 /// `limit` (1..=500, default 50) and `cursor` (an id to page before) from a query string.
 fn page(query: Option<String>) -> Result<(u32, Option<i64>), ApiError> {
     let mut limit = DEFAULT_PAGE;

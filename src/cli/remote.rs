@@ -118,6 +118,14 @@ impl Client {
         Ok(Client { http, base, token })
     }
 
+    /// For calls that do their work before answering (a reconcile lists both sides).
+    fn patient(mut self) -> anyhow::Result<Client> {
+        self.http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3600))
+            .build()?;
+        Ok(self)
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -396,6 +404,19 @@ pub async fn flows(remote: Remote, settings: Settings) -> anyhow::Result<()> {
                 )
             };
             let outcomes = &f["outcomes_since_start"];
+            let last_run = match &f["last_run"] {
+                Value::Null => "-".to_string(),
+                run => format!(
+                    "#{} {}: {} seen, {} written, {} skipped, {} failed, {} calls",
+                    cell(&run["id"]),
+                    cell(&run["status"]),
+                    cell(&run["seen"]),
+                    cell(&run["written"]),
+                    cell(&run["skipped"]),
+                    cell(&run["failed"]),
+                    cell(&run["api_calls"]),
+                ),
+            };
             vec![
                 cell(&f["name"]),
                 match &f["mode"] {
@@ -417,15 +438,149 @@ pub async fn flows(remote: Remote, settings: Settings) -> anyhow::Result<()> {
                 ),
                 side("left"),
                 side("right"),
+                last_run,
             ]
         })
         .collect();
     print!(
         "{}",
         table(
-            &["FLOW", "MODE", "DEAD", "SINCE START", "LEFT", "RIGHT"],
+            &[
+                "FLOW",
+                "MODE",
+                "DEAD",
+                "SINCE START",
+                "LEFT",
+                "RIGHT",
+                "LAST RUN"
+            ],
             &rows
         )
     );
     Ok(())
+}
+
+/// `tandem reconcile`: run a reconcile of one flow in the daemon and print its report.
+pub async fn reconcile(
+    flow: &str,
+    since: Option<&str>,
+    repair: bool,
+    remote: Remote,
+    settings: Settings,
+) -> anyhow::Result<()> {
+    if let Some(since) = since {
+        humantime::parse_duration(since)
+            .map_err(|_| anyhow!("--since takes a duration like 24h or 30m, not `{since}`"))?;
+    }
+    let client = Client::new(&remote, &settings)?.patient()?;
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(since) = since {
+        query.append_pair("since", since);
+    }
+    query.append_pair("repair", if repair { "true" } else { "false" });
+    let path = format!(
+        "/flows/{}/reconcile?{}",
+        url::form_urlencoded::byte_serialize(flow.as_bytes()).collect::<String>(),
+        query.finish()
+    );
+    let report = client
+        .call(reqwest::Method::POST, &path, None)
+        .await
+        .with_context(|| format!("reconciling flow `{flow}`"))?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print!("{}", render_report(&report));
+    Ok(())
+}
+
+/// A reconcile report as the terminal shows it.
+pub fn render_report(report: &Value) -> String {
+    let count = |key: &str| report[key].as_array().map_or(0, Vec::len);
+    let mut out = format!(
+        "flow {}: listed {} left, {} right; {} links; {} skipped while a change is in flight; {} API calls\n",
+        cell(&report["flow"]),
+        cell(&report["listed_left"]),
+        cell(&report["listed_right"]),
+        cell(&report["links"]),
+        cell(&report["in_flight"]),
+        cell(&report["api_calls"]),
+    );
+    let _ = writeln!(
+        out,
+        "{} missing counterparts, {} drifted pairs, {} orphaned links",
+        count("missing"),
+        count("drifted"),
+        count("orphaned")
+    );
+    let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
+    let missing: Vec<Vec<String>> = list("missing")
+        .iter()
+        .map(|m| {
+            vec![
+                cell(&m["side"]),
+                format!("{} {}", cell(&m["connector"]), cell(&m["object"])),
+                cell(&m["id"]),
+                cell(&m["marker"]),
+            ]
+        })
+        .collect();
+    if !missing.is_empty() {
+        out.push_str("\nMISSING COUNTERPARTS\n");
+        out.push_str(&table(&["SIDE", "OBJECT", "ID", "MARKER"], &missing));
+    }
+    let mut drifted = Vec::new();
+    for pair in list("drifted") {
+        for field in pair["fields"].as_array().cloned().unwrap_or_default() {
+            drifted.push(vec![
+                cell(&pair["left_id"]),
+                cell(&pair["right_id"]),
+                format!(
+                    "{} / {}",
+                    cell(&field["left_field"]),
+                    cell(&field["right_field"])
+                ),
+                cell(&field["left"]),
+                cell(&field["right"]),
+                cell(&field["changed_since_sync"]),
+            ]);
+        }
+    }
+    if !drifted.is_empty() {
+        out.push_str("\nDRIFTED FIELDS\n");
+        out.push_str(&table(
+            &[
+                "LEFT",
+                "RIGHT",
+                "FIELD",
+                "LEFT VALUE",
+                "RIGHT VALUE",
+                "CHANGED SINCE SYNC",
+            ],
+            &drifted,
+        ));
+    }
+    let orphaned: Vec<Vec<String>> = list("orphaned")
+        .iter()
+        .map(|o| {
+            vec![
+                cell(&o["left_id"]),
+                cell(&o["right_id"]),
+                cell(&o["missing"]),
+            ]
+        })
+        .collect();
+    if !orphaned.is_empty() {
+        out.push_str("\nORPHANED LINKS\n");
+        out.push_str(&table(&["LEFT", "RIGHT", "MISSING"], &orphaned));
+    }
+    if report["repair"] == true {
+        let _ = writeln!(
+            out,
+            "\nrepair: {} changes appended to the journal; the flow carries them out",
+            cell(&report["enqueued"])
+        );
+    }
+    out
 }

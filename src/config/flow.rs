@@ -26,6 +26,10 @@ pub struct FlowSettings {
     /// What a delete on one side does to the other. Default `unlink`.
     #[serde(default)]
     pub deletes: DeletePolicy,
+    /// Compare both sides with the links on a schedule (see `tandem reconcile`). Default: only
+    /// when asked.
+    #[serde(default)]
+    pub reconcile: Option<ReconcileSchedule>,
     /// Sync comments (Jira comments ↔ Salesforce `CaseComment`). Default false.
     #[serde(default)]
     pub comments: bool,
@@ -114,6 +118,67 @@ pub enum Schedule {
     },
 }
 
+/// `every` or `cron` (with its `timezone`), as written in a flow's `mode.scheduled` or
+/// `reconcile`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    #[serde(default, with = "duration::option")]
+    every: Option<Duration>,
+    #[serde(default)]
+    cron: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+impl RawSchedule {
+    fn parse(self, key: &str) -> Result<Schedule, String> {
+        match self {
+            RawSchedule {
+                every: Some(every),
+                cron: None,
+                timezone: None,
+            } => {
+                if every.is_zero() {
+                    Err(format!("{key}.every must be longer than 0s"))
+                } else {
+                    Ok(Schedule::Every(every))
+                }
+            }
+            RawSchedule {
+                every: None,
+                cron: Some(expression),
+                timezone,
+            } => {
+                let timezone = match timezone {
+                    None => chrono_tz::Tz::UTC,
+                    Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
+                        format!(
+                            "{key}.timezone `{name}` is not an IANA time zone name (like `Europe/Paris`)"
+                        )
+                    })?,
+                };
+                let cron = croner::Cron::new(&expression).parse().map_err(|e| {
+                    format!("{key}.cron `{expression}` is not a cron expression ({e})")
+                })?;
+                Ok(Schedule::Cron {
+                    expression,
+                    cron: Box::new(cron),
+                    timezone,
+                })
+            }
+            RawSchedule {
+                every: Some(_),
+                timezone: Some(_),
+                ..
+            } => Err(format!(
+                "{key}.timezone goes with `cron`; `every` counts from the last run"
+            )),
+            _ => Err(format!("{key} gives exactly one of `every` or `cron`")),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for FlowMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -122,64 +187,55 @@ impl<'de> Deserialize<'de> for FlowMode {
             Realtime,
             Scheduled(RawSchedule),
         }
+        match Raw::deserialize(d)? {
+            Raw::Realtime => Ok(FlowMode::Realtime),
+            Raw::Scheduled(raw) => raw
+                .parse("scheduled")
+                .map(FlowMode::Scheduled)
+                .map_err(D::Error::custom),
+        }
+    }
+}
+
+/// A flow's scheduled reconcile: `reconcile = { every = "24h", repair = true, since = "48h" }`.
+#[derive(Debug, Clone)]
+pub struct ReconcileSchedule {
+    pub schedule: Schedule,
+    /// Append the changes that fix what is found (default: only report).
+    pub repair: bool,
+    /// Compare only records modified this long before the reconcile (default: all).
+    pub since: Option<Duration>,
+}
+
+impl<'de> Deserialize<'de> for ReconcileSchedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct RawSchedule {
+        struct Raw {
             #[serde(default, with = "duration::option")]
             every: Option<Duration>,
             #[serde(default)]
             cron: Option<String>,
             #[serde(default)]
             timezone: Option<String>,
+            #[serde(default)]
+            repair: bool,
+            #[serde(default, with = "duration::option")]
+            since: Option<Duration>,
         }
-        match Raw::deserialize(d)? {
-            Raw::Realtime => Ok(FlowMode::Realtime),
-            Raw::Scheduled(RawSchedule {
-                every: Some(every),
-                cron: None,
-                timezone: None,
-            }) => {
-                if every.is_zero() {
-                    Err(D::Error::custom("scheduled.every must be longer than 0s"))
-                } else {
-                    Ok(FlowMode::Scheduled(Schedule::Every(every)))
-                }
-            }
-            Raw::Scheduled(RawSchedule {
-                every: None,
-                cron: Some(expression),
-                timezone,
-            }) => {
-                let timezone = match timezone {
-                    None => chrono_tz::Tz::UTC,
-                    Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
-                        D::Error::custom(format!(
-                            "scheduled.timezone `{name}` is not an IANA time zone name (like `Europe/Paris`)"
-                        ))
-                    })?,
-                };
-                let cron = croner::Cron::new(&expression).parse().map_err(|e| {
-                    D::Error::custom(format!(
-                        "scheduled.cron `{expression}` is not a cron expression ({e})"
-                    ))
-                })?;
-                Ok(FlowMode::Scheduled(Schedule::Cron {
-                    expression,
-                    cron: Box::new(cron),
-                    timezone,
-                }))
-            }
-            Raw::Scheduled(RawSchedule {
-                every: Some(_),
-                timezone: Some(_),
-                ..
-            }) => Err(D::Error::custom(
-                "scheduled.timezone goes with `cron`; `every` counts from the last run",
-            )),
-            Raw::Scheduled(_) => Err(D::Error::custom(
-                "a scheduled flow gives exactly one of `every` or `cron`",
-            )),
+        let raw = Raw::deserialize(d)?;
+        let schedule = RawSchedule {
+            every: raw.every,
+            cron: raw.cron,
+            timezone: raw.timezone,
         }
+        .parse("reconcile")
+        .map_err(D::Error::custom)?;
+        Ok(ReconcileSchedule {
+            schedule,
+            repair: raw.repair,
+            since: raw.since,
+        })
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use flow::{
-    ConflictPolicy, DeletePolicy, Direction, FieldRule, FlowMode, FlowSettings, Schedule,
-    SideSettings, Transform,
+    ConflictPolicy, DeletePolicy, Direction, FieldRule, FlowMode, FlowSettings, ReconcileSchedule,
+    Schedule, SideSettings, Transform,
 };
 pub use secret::Secret;
 pub use types::{

@@ -174,7 +174,7 @@ impl Poller {
 }
 
 /// The fields a side's rules, marker and match key read, for the poll to ask for.
-fn side_fields(flow: &FlowSettings, left: bool, kind: ConnectorKind) -> Vec<String> {
+pub fn side_fields(flow: &FlowSettings, left: bool, kind: ConnectorKind) -> Vec<String> {
     let side = if left { &flow.left } else { &flow.right };
     let paths = flow
         .fields

@@ -251,6 +251,57 @@ impl Journal {
         Ok(self.runs(flow, None, 1).await?.pop())
     }
 
+    /// The records of `connector`/`object` with a change still pending or in flight.
+    pub async fn unsettled_records(
+        &self,
+        connector: &str,
+        object: &str,
+    ) -> Result<std::collections::HashSet<String>, JournalError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT record_id FROM changes
+              WHERE status IN ('pending', 'in_flight') AND connector = ? AND object = ?",
+        )
+        .bind(connector)
+        .bind(object)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Keep a reconcile report (JSON); the newest per flow is what the API shows.
+    pub async fn save_reconcile_report(
+        &self,
+        flow: &str,
+        started_at: i64,
+        report: &Value,
+    ) -> Result<i64, JournalError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO reconcile_reports (flow, started_at, report) VALUES (?, ?, ?)
+             RETURNING id",
+        )
+        .bind(flow)
+        .bind(started_at)
+        .bind(report.to_string())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// The newest reconcile report of a flow.
+    pub async fn last_reconcile_report(&self, flow: &str) -> Result<Option<Value>, JournalError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT report FROM reconcile_reports WHERE flow = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(flow)
+        .fetch_optional(self.pool())
+        .await?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| JournalError::Corrupt(format!("a reconcile report is not JSON: {e}")))
+        })
+        .transpose()
+    }
+
     /// When the next change of these records is due, if any is pending.
     pub async fn next_due(
         &self,

@@ -115,3 +115,25 @@ pub fn change(record_id: &str, dedupe_key: &str) -> NewChange {
         dedupe_key: dedupe_key.into(),
     }
 }
+
+/// Run the `tandem` binary with `args` in `dir` (blocking, off the runtime's threads), with a
+/// clean environment; (exit code, stdout, stderr).
+pub async fn tandem(dir: &std::path::Path, args: Vec<String>) -> (i32, String, String) {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(&args)
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
