@@ -68,6 +68,18 @@ pub enum Command {
         #[command(flatten)]
         remote: remote::Remote,
     },
+    /// The first sync of records that existed before Tandem, in a running daemon: pair them by
+    /// the flow's match key (or a copy's marker), link, and create the rest in bulk, with a
+    /// progress bar. Resumable: run it again after an interruption.
+    Backfill {
+        #[arg(long)]
+        flow: String,
+        /// Print what would be linked and created; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
     /// Run one vendor emulator on its own, until SIGTERM or Ctrl-C.
     Sim {
         #[command(subcommand)]
@@ -110,7 +122,10 @@ pub fn main() -> ExitCode {
     // Operator commands print their answer; they need a runtime, not the daemon's logging.
     if matches!(
         cli.command,
-        Command::Dlq { .. } | Command::Flows { .. } | Command::Reconcile { .. }
+        Command::Dlq { .. }
+            | Command::Flows { .. }
+            | Command::Reconcile { .. }
+            | Command::Backfill { .. }
     ) {
         let result = tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
@@ -130,6 +145,11 @@ pub fn main() -> ExitCode {
                             remote::reconcile(&flow, since.as_deref(), repair, remote, settings)
                                 .await
                         }
+                        Command::Backfill {
+                            flow,
+                            dry_run,
+                            remote,
+                        } => remote::backfill(&flow, dry_run, remote, settings).await,
                         _ => unreachable!("matched above"),
                     }
                 })
@@ -163,7 +183,8 @@ pub fn main() -> ExitCode {
             | Command::Demo(_)
             | Command::Dlq { .. }
             | Command::Flows { .. }
-            | Command::Reconcile { .. } => {
+            | Command::Reconcile { .. }
+            | Command::Backfill { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -5,6 +5,7 @@
 pub mod adf;
 pub mod api;
 pub mod app;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod connectors;

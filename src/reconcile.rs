@@ -93,7 +93,35 @@ impl Report {
 }
 
 /// What was listed (and read) of each side, by record id: left, right.
-type Listed = [HashMap<String, Record>; 2];
+pub type Listed = [HashMap<String, Record>; 2];
+
+/// Both sides of a flow listed (filters applied), with the fields its rules, markers and match
+/// keys read; modified since `since` if given.
+pub async fn list_both(
+    connectors: &Connectors,
+    flow: &FlowSettings,
+    since: Option<i64>,
+) -> Result<Listed, ConnectorError> {
+    let mut listed: Listed = Default::default();
+    for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
+        let conf = side_of(flow, side);
+        let connector = connectors.get(&conf.connector).ok_or_else(|| {
+            ConnectorError::new(
+                &conf.connector,
+                "list",
+                connectors::ErrorKind::Rejected,
+                "no such connector",
+            )
+        })?;
+        let fields = crate::ingest::side_fields(flow, side == Side::Left, connector.kind());
+        listed[i] = list_side(connector, conf, &fields, since)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+    }
+    Ok(listed)
+}
 
 fn side_index(side: Side) -> usize {
     match side {
@@ -202,17 +230,10 @@ impl Reconciler<'_> {
         since: Option<i64>,
         started_at: i64,
     ) -> Result<(Report, Listed), ReconcileError> {
-        let mut listed: Listed = Default::default();
+        let mut listed = list_both(self.connectors, flow, since).await?;
         let mut busy: [HashSet<String>; 2] = Default::default();
         for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
             let conf = side_of(flow, side);
-            let connector = self.connector(conf)?;
-            let fields = crate::ingest::side_fields(flow, side == Side::Left, connector.kind());
-            listed[i] = list_side(connector, conf, &fields, since)
-                .await?
-                .into_iter()
-                .map(|r| (r.id.clone(), r))
-                .collect();
             busy[i] = self
                 .journal
                 .unsettled_records(&conf.connector, &conf.object)

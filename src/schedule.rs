@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{BackfillError, Backfiller, Plan};
 use crate::config::{FlowMode, FlowSettings, ReconcileSchedule, Schedule, Settings};
 use crate::connectors::limit::{calls_in_scope, counting_calls};
 use crate::connectors::{Connectors, COMMENT_OBJECT};
@@ -40,6 +41,22 @@ const ROUND: u32 = 1000;
 const LINGER: Duration = Duration::from_secs(5);
 /// Rounds in a row that settle nothing before a run gives up waiting.
 const MAX_IDLE_ROUNDS: u32 = 20;
+
+/// What a run does.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// Poll every side since its watermark, then drain.
+    Scheduled,
+    /// Pair and link what exists on both sides, then create the rest.
+    Backfill,
+}
+
+fn backfill_failed(error: BackfillError) -> RunError {
+    match error {
+        BackfillError::Journal(e) => RunError::Journal(e),
+        other => RunError::Poll(other.to_string()),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -100,12 +117,15 @@ impl Scheduler {
         })
     }
 
-    fn flow(&self, name: &str) -> Result<&FlowSettings, RunError> {
-        let flow = self
-            .settings
+    fn any_flow(&self, name: &str) -> Result<&FlowSettings, RunError> {
+        self.settings
             .flows
             .get(name)
-            .ok_or_else(|| RunError::UnknownFlow(name.to_string()))?;
+            .ok_or_else(|| RunError::UnknownFlow(name.to_string()))
+    }
+
+    fn flow(&self, name: &str) -> Result<&FlowSettings, RunError> {
+        let flow = self.any_flow(name)?;
         match flow.mode {
             FlowMode::Scheduled(_) => Ok(flow),
             FlowMode::Realtime => Err(RunError::NotScheduled(name.to_string())),
@@ -120,6 +140,31 @@ impl Scheduler {
     /// Start a run of `flow` now (`trigger`: who asked), unless one is running.
     pub async fn trigger(self: &Arc<Self>, flow: &str, trigger: &str) -> Result<i64, RunError> {
         self.flow(flow)?;
+        self.begin(flow, trigger, Job::Scheduled).await
+    }
+
+    /// Start a backfill of `flow` (realtime or scheduled): a run that pairs and links what
+    /// already belongs together, then creates the rest in bulk. It holds the flow's run lock,
+    /// so it never overlaps a scheduled run.
+    pub async fn backfill(self: &Arc<Self>, flow: &str) -> Result<i64, RunError> {
+        self.any_flow(flow)?;
+        self.begin(flow, "backfill", Job::Backfill).await
+    }
+
+    /// What a backfill of `flow` would link and create, written nowhere.
+    pub async fn backfill_plan(&self, flow: &str) -> Result<Plan, BackfillError> {
+        Ok(self.backfiller().plan(flow).await?.0)
+    }
+
+    fn backfiller(&self) -> Backfiller<'_> {
+        Backfiller {
+            settings: &self.settings,
+            connectors: &self.connectors,
+            journal: &self.journal,
+        }
+    }
+
+    async fn begin(self: &Arc<Self>, flow: &str, trigger: &str, job: Job) -> Result<i64, RunError> {
         if self.stop.is_cancelled() {
             return Err(RunError::Journal(JournalError::WriterStopped));
         }
@@ -135,11 +180,11 @@ impl Scheduler {
         self.runs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spawn(async move { this.run(flow, id, owner).await });
+            .spawn(async move { this.run(flow, id, owner, job).await });
         Ok(id)
     }
 
-    async fn run(self: Arc<Self>, flow: String, id: i64, owner: String) {
+    async fn run(self: Arc<Self>, flow: String, id: i64, owner: String, job: Job) {
         let calls = Arc::new(AtomicU64::new(0));
         let progress = Mutex::new(Progress::default());
         let started = std::time::Instant::now();
@@ -151,7 +196,12 @@ impl Scheduler {
             counts.api_calls = i64::try_from(calls.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
             (counts, Value::Object(p.checkpoint.clone()))
         };
-        let work = counting_calls(calls.clone(), self.execute(&flow, &owner, &progress));
+        let work = counting_calls(calls.clone(), async {
+            match job {
+                Job::Scheduled => self.execute(&flow, &owner, &progress).await,
+                Job::Backfill => self.execute_backfill(&flow, &owner, &progress).await,
+            }
+        });
         tokio::pin!(work);
         let beat = (self.liveness() / 4).max(Duration::from_millis(100));
         let result = loop {
@@ -254,7 +304,32 @@ impl Scheduler {
         update(&mut |p| {
             p.checkpoint.insert("phase".into(), json!("write"));
         });
-        let scopes = self.scopes(flow);
+        self.drain(name, &self.scopes(flow), owner, progress)
+            .await?;
+        update(&mut |p| {
+            p.checkpoint.insert("phase".into(), json!("done"));
+        });
+        if poll_errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RunError::Poll(poll_errors.join("; ")))
+        }
+    }
+
+    /// Take the due changes of `scopes` round after round, their writes batched, until none
+    /// is due within [`LINGER`].
+    async fn drain(
+        &self,
+        name: &str,
+        scopes: &BTreeMap<String, Vec<String>>,
+        owner: &str,
+        progress: &Mutex<Progress>,
+    ) -> Result<(), RunError> {
+        let update = |f: &mut dyn FnMut(&mut Progress)| {
+            f(&mut progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        };
         let dispatcher = Arc::new(Dispatcher::new(
             &format!("run:{name}"),
             owner.to_string(),
@@ -267,7 +342,7 @@ impl Scheduler {
         let mut rounds = 0u64;
         loop {
             let mut claimed = Vec::new();
-            for (connector, objects) in &scopes {
+            for (connector, objects) in scopes {
                 claimed.extend(
                     self.journal
                         .claim_from(
@@ -282,7 +357,7 @@ impl Scheduler {
             }
             if claimed.is_empty() {
                 let mut due = None::<i64>;
-                for (connector, objects) in &scopes {
+                for (connector, objects) in scopes {
                     if let Some(at) = self.journal.next_due(connector, objects).await? {
                         due = Some(due.map_or(at, |d| d.min(at)));
                     }
@@ -308,14 +383,65 @@ impl Scheduler {
                 break;
             }
         }
-        update(&mut |p| {
-            p.checkpoint.insert("phase".into(), json!("done"));
-        });
-        if poll_errors.is_empty() {
-            Ok(())
-        } else {
-            Err(RunError::Poll(poll_errors.join("; ")))
+        Ok(())
+    }
+
+    /// A backfill: plan, link the pairs, append the records to create, and drain them.
+    async fn execute_backfill(
+        &self,
+        name: &str,
+        owner: &str,
+        progress: &Mutex<Progress>,
+    ) -> Result<(), RunError> {
+        let flow = self.any_flow(name)?;
+        let set = |key: &str, value: Value| {
+            progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .checkpoint
+                .insert(key.to_string(), value);
+        };
+        set("phase", json!("list"));
+        let backfiller = self.backfiller();
+        let (plan, listed) = backfiller.plan(name).await.map_err(backfill_failed)?;
+        set(
+            "listed",
+            json!({ "left": plan.listed_left, "right": plan.listed_right }),
+        );
+        set("already_linked", json!(plan.already_linked));
+        set("linked", json!(plan.pairs.len()));
+        set("ambiguous", json!(plan.ambiguous.len()));
+        set("total", json!(plan.create.len()));
+        set("phase", json!("link"));
+        backfiller
+            .apply(&plan, &listed)
+            .await
+            .map_err(backfill_failed)?;
+        tracing::info!(
+            flow = name,
+            linked = plan.pairs.len(),
+            to_create = plan.create.len(),
+            ambiguous = plan.ambiguous.len(),
+            "backfill planned; creating"
+        );
+        set("phase", json!("write"));
+        // Every side the flow reads from, realtime or not: the backfill's creates go out in
+        // bulk (the realtime dispatcher may take some of them; leases keep each to one).
+        let mut scopes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (side, feeds) in [
+            (&flow.left, flow.direction.writes_right()),
+            (&flow.right, flow.direction.writes_left()),
+        ] {
+            if feeds {
+                let objects = scopes.entry(side.connector.clone()).or_default();
+                if !objects.contains(&side.object) {
+                    objects.push(side.object.clone());
+                }
+            }
         }
+        self.drain(name, &scopes, owner, progress).await?;
+        set("phase", json!("done"));
+        Ok(())
     }
 
     /// One task per claimed change, their writes meeting in one batch; returns whether any
@@ -487,7 +613,15 @@ impl Scheduler {
             };
             let wait = match &last {
                 Some(run) if run.status == "running" => Duration::from_secs(1),
-                Some(run) if run.status == "interrupted" && trigger == "start" => Duration::ZERO,
+                // A scheduled run cut off by a stop is caught up at start; an interrupted
+                // backfill waits for the operator to run it again.
+                Some(run)
+                    if run.status == "interrupted"
+                        && trigger == "start"
+                        && run.trigger.as_deref() != Some("backfill") =>
+                {
+                    Duration::ZERO
+                }
                 Some(run) => until(next_after(schedule, run.started_at), Utc::now()),
                 None => until(next_after(schedule, now_ms()), Utc::now()),
             };

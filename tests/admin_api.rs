@@ -42,6 +42,8 @@ const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/v1/flows/nightly/runs?limit=5", body: None, ok: 404 },
     Route { method: "POST", path: "/api/v1/flows/nightly/run", body: None, ok: 404 },
     Route { method: "GET", path: "/api/v1/flows/nightly/reconcile", body: None, ok: 404 },
+    Route { method: "GET", path: "/api/v1/flows/nightly/runs/1", body: None, ok: 404 },
+    Route { method: "POST", path: "/api/v1/flows/nightly/backfill?dry_run=true", body: None, ok: 404 },
     Route { method: "POST", path: "/api/v1/flows/nightly/reconcile", body: None, ok: 404 },
     Route { method: "GET", path: "/api/v1/connectors", body: None, ok: 200 },
     Route { method: "GET", path: "/api/v1/records/crm/issue/CRM-1?limit=5", body: None, ok: 200 },

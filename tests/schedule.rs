@@ -68,35 +68,9 @@ fn total(calls: &Value) -> u64 {
 /// Create `n` Jira issues through the emulator's bulk create (50 a call); their ids (what the
 /// cases' marker holds).
 async fn create_issues(sims: &Sims, n: usize, prefix: &str) -> Vec<String> {
-    let http = reqwest::Client::new();
-    let mut keys = Vec::new();
-    for start in (0..n).step_by(50) {
-        let updates: Vec<Value> = (start..n.min(start + 50))
-            .map(|i| {
-                json!({"fields": {
-                    "project": {"key": "SUP"},
-                    "issuetype": {"name": "Task"},
-                    "summary": format!("{prefix} {i}"),
-                    "priority": {"name": "High"},
-                }})
-            })
-            .collect();
-        let answer: Value = http
-            .post(format!("{}/rest/api/3/issue/bulk", sims.jira.base_url()))
-            .basic_auth("sim@example.com", Some("sim-token"))
-            .json(&json!({ "issueUpdates": updates }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for issue in answer["issues"].as_array().unwrap() {
-            keys.push(issue["id"].as_str().unwrap().to_string());
-        }
-    }
-    assert_eq!(keys.len(), n);
-    keys
+    let issues: Vec<(String, Option<String>)> =
+        (0..n).map(|i| (format!("{prefix} {i}"), None)).collect();
+    issues_with_keys(sims, &issues).await
 }
 
 async fn edit_issue(sims: &Sims, key: &str, summary: &str) {
@@ -700,6 +674,261 @@ async fn a_flow_reconciles_itself_on_its_schedule() {
         assert!(Instant::now() < deadline, "no scheduled report: {report}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    app.stop().await;
+    sims.stop().await;
+}
+
+/// Jira issues made directly in the emulator (before Tandem), each with its summary and the
+/// case number it may hold; their ids.
+async fn issues_with_keys(sims: &Sims, issues: &[(String, Option<String>)]) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for chunk in issues.chunks(50) {
+        let updates: Vec<Value> = chunk
+            .iter()
+            .map(|(summary, key)| {
+                let mut fields = json!({
+                    "project": {"key": "SUP"},
+                    "issuetype": {"name": "Task"},
+                    "summary": summary,
+                    "priority": {"name": "High"},
+                });
+                if let Some(key) = key {
+                    fields["customfield_10051"] = json!(key);
+                }
+                json!({ "fields": fields })
+            })
+            .collect();
+        let answer: Value = http
+            .post(format!("{}/rest/api/3/issue/bulk", sims.jira.base_url()))
+            .basic_auth("sim@example.com", Some("sim-token"))
+            .json(&json!({ "issueUpdates": updates }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for issue in answer["issues"].as_array().unwrap() {
+            ids.push(issue["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids.len(), issues.len());
+    ids
+}
+
+/// A case made directly in the emulator; (id, case number).
+fn case(sims: &Sims, subject: &str) -> (String, String) {
+    let id = sims
+        .sf
+        .insert(
+            "Case",
+            json!({"Subject": subject, "Priority": "High", "Origin": "Web"}),
+        )
+        .unwrap();
+    let number = sims.sf.record(&id).unwrap()["CaseNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, number)
+}
+
+const MATCHED: &str = r#"left = { connector = "jira", object = "issue", filter = "project = SUP", marker = "customfield_10050", match_key = "customfield_10051" }
+right = { connector = "salesforce", object = "Case", marker = "Jira_Key__c", match_key = "CaseNumber" }"#;
+
+fn matched_flow() -> String {
+    FLOW.replace(
+        r#"left = { connector = "jira", object = "issue", filter = "project = SUP", marker = "customfield_10050" }
+right = { connector = "salesforce", object = "Case", marker = "Jira_Key__c" }"#,
+        MATCHED,
+    )
+    .replace(
+        "[flows.nightly.defaults.left]",
+        "[flows.nightly.defaults.right]\nOrigin = \"Web\"\n\n[flows.nightly.defaults.left]",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_links_existing_pairs_by_match_key_and_creates_only_the_rest() {
+    let sims = Sims::start().await;
+    // Before Tandem: six cases, and issues of which four name a case's number, two name the
+    // same one, and two name none.
+    let cases: Vec<(String, String)> = (0..6).map(|i| case(&sims, &format!("case {i}"))).collect();
+    let mut issues: Vec<(String, Option<String>)> = (0..4)
+        .map(|i| (format!("case {i}"), Some(cases[i].1.clone())))
+        .collect();
+    issues[3].0 = "a different summary".into();
+    issues.push(("twin a".into(), Some(cases[4].1.clone())));
+    issues.push(("twin b".into(), Some(cases[4].1.clone())));
+    issues.push(("lonely 1".into(), None));
+    issues.push(("lonely 2".into(), None));
+    let ids = issues_with_keys(&sims, &issues).await;
+    let app = start_with(&sims, &matched_flow()).await;
+    let remote = [
+        "--url".to_string(),
+        app.url(""),
+        "--token".into(),
+        TOKEN.into(),
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["backfill", "--flow", "nightly"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(remote.iter().cloned());
+        args
+    };
+    let scratch = tempfile::tempdir().unwrap();
+
+    // A dry run says what it would do and does nothing.
+    let (code, out, err) = common::tandem(scratch.path(), args(&["--dry-run"])).await;
+    eprintln!("{out}");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("would link 4 pairs, create 3 records, leave 3 ambiguous"),
+        "{out}"
+    );
+    assert!(
+        out.contains("summary"),
+        "the differing field is named: {out}"
+    );
+    let links = |app: &common::TestApp| {
+        let pool = app.journal.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM links WHERE flow = 'nightly'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(links(&app).await, 0);
+    assert_eq!(sims.sf.records("Case").len(), 6);
+
+    let (code, out, err) = common::tandem(scratch.path(), args(&[])).await;
+    eprintln!("{out}");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    // Four pairs linked, not copied; two lonely issues and one lonely case created across.
+    assert_eq!(links(&app).await, 4 + 3);
+    let by_marker = cases_by_marker(&sims);
+    assert_eq!(sims.sf.records("Case").len(), 6 + 2);
+    assert!(by_marker.contains_key(&ids[6]) && by_marker.contains_key(&ids[7]));
+    for paired in &ids[..4] {
+        assert!(
+            !by_marker.contains_key(paired),
+            "a paired issue got a copy instead of its case"
+        );
+    }
+    let made_in_jira: Vec<Value> = sims
+        .sf
+        .records("Case")
+        .into_iter()
+        .filter(|c| c["Subject"] == "case 5")
+        .collect();
+    assert_eq!(made_in_jira.len(), 1);
+    let link: (String,) = sqlx::query_as("SELECT left_id FROM links WHERE right_id = ?")
+        .bind(made_in_jira[0]["Id"].as_str().unwrap())
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap();
+    let copy = get_issue(&sims, &link.0).await.unwrap();
+    assert_eq!(
+        copy["fields"]["summary"], "case 5",
+        "the lonely case got its issue"
+    );
+    let (_, flow) = admin(&app, reqwest::Method::GET, "/flows/nightly").await;
+    let last = &flow["last_run"];
+    assert_eq!(last["trigger"], "backfill");
+    assert_eq!(last["checkpoint"]["linked"], 4);
+    assert_eq!(last["checkpoint"]["ambiguous"], 3);
+
+    // Again: everything is linked or ambiguous; nothing more is created.
+    let (code, out, _) = common::tandem(scratch.path(), args(&["--dry-run"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("would link 0 pairs, create 0 records"),
+        "{out}"
+    );
+    app.stop().await;
+    sims.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backfill_resumes_without_duplicates() {
+    let sims = Sims::start().await;
+    let lonely: Vec<(String, Option<String>)> =
+        (0..500).map(|i| (format!("old issue {i}"), None)).collect();
+    let ids = issues_with_keys(&sims, &lonely).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&sims, &dir, &matched_flow());
+    let settings = common::settings(&dir, &config);
+    let app = common::spawn_with(settings.clone(), dir).await;
+    // Slow collection calls: the daemon is stopped while the backfill writes.
+    reqwest::Client::new()
+        .put(format!("{}/__sim/faults", sims.sf.base_url()))
+        .json(&json!({ "latency_ms": 300 }))
+        .send()
+        .await
+        .unwrap();
+    let (status, started) = admin(&app, reqwest::Method::POST, "/flows/nightly/backfill").await;
+    assert_eq!(status, 202, "{started}");
+    let (status, body) = admin(&app, reqwest::Method::POST, "/flows/nightly/run").await;
+    assert_eq!(status, 409, "a backfill holds the flow's run lock: {body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sims.sf.records("Case").len() < 200 {
+        assert!(Instant::now() < deadline, "the backfill wrote nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let common::TestApp {
+        shutdown,
+        server,
+        dir,
+        ..
+    } = app;
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    let at_stop = sims.sf.records("Case").len();
+    assert!(at_stop < 500, "stopped too late to interrupt anything");
+    reqwest::Client::new()
+        .put(format!("{}/__sim/faults", sims.sf.base_url()))
+        .json(&json!({ "latency_ms": 0 }))
+        .send()
+        .await
+        .unwrap();
+
+    let app = common::spawn_with(settings, dir).await;
+    let (_, flow) = admin(&app, reqwest::Method::GET, "/flows/nightly").await;
+    assert_eq!(flow["last_run"]["status"], "interrupted", "{flow}");
+    let (status, body) = admin(&app, reqwest::Method::POST, "/flows/nightly/backfill").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run"]["id"].as_i64().unwrap();
+    let resumed = wait_for_run(&app, id).await;
+    assert_eq!(resumed["status"], "succeeded", "{resumed}");
+    let by_marker = cases_by_marker(&sims); // panics on a duplicate
+    assert_eq!(by_marker.len(), 500);
+    for id in &ids {
+        assert!(by_marker.contains_key(id));
+    }
+    let links: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links WHERE flow = 'nightly'")
+        .fetch_one(app.journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(links, 500);
+    eprintln!(
+        "stopped with {at_stop} cases made; the resumed backfill: {}",
+        resumed["checkpoint"]
+    );
+    // Every case the interrupted backfill made was kept: linked then, or paired by its
+    // marker now; only the rest was created.
+    let checkpoint = &resumed["checkpoint"];
+    let made_before = checkpoint["listed"]["right"].as_u64().unwrap();
+    assert_eq!(
+        checkpoint["already_linked"].as_u64().unwrap() + checkpoint["linked"].as_u64().unwrap(),
+        made_before,
+        "{resumed}"
+    );
+    assert_eq!(checkpoint["total"].as_u64().unwrap(), 500 - made_before);
     app.stop().await;
     sims.stop().await;
 }

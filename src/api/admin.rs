@@ -43,6 +43,8 @@ pub fn router() -> Router<AppState> {
         .route("/flows/{name}", get(super::status::flow))
         .route("/flows/{name}/runs", get(super::status::runs))
         .route("/flows/{name}/run", post(super::status::run))
+        .route("/flows/{name}/runs/{id}", get(super::status::one_run))
+        .route("/flows/{name}/backfill", post(super::status::backfill))
         .route(
             "/flows/{name}/reconcile",
             get(super::status::last_reconcile).post(super::status::reconcile),

@@ -221,6 +221,78 @@ pub async fn run(
     }
 }
 
+/// `POST /api/v1/flows/{name}/backfill`: start a backfill (202 with its run; 409 while a run
+/// of the flow is going). `?dry_run=true`: answer what it would link and create, and write
+/// nothing.
+pub async fn backfill(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    known_flow(&state, &name)?;
+    let mut dry_run = false;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.as_ref()) {
+            ("dry_run", "" | "true" | "1") => dry_run = true,
+            ("dry_run", "false" | "0") => dry_run = false,
+            ("dry_run", _) => return Err(bad_request("`dry_run` is true or false")),
+            (other, _) => {
+                return Err(bad_request(format!(
+                    "unknown query parameter `{other}`; expected dry_run"
+                )))
+            }
+        }
+    }
+    if dry_run {
+        return match state.scheduler.backfill_plan(&name).await {
+            Ok(plan) => Ok((axum::http::StatusCode::OK, Json(json!(plan)))),
+            Err(crate::backfill::BackfillError::Vendor(error)) => Err(ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "vendor_error",
+                format!("backfill could not list a side: {error}"),
+            )),
+            Err(error) => Err(ApiError::internal(&error)),
+        };
+    }
+    match state.scheduler.backfill(&name).await {
+        Ok(id) => {
+            let run = state
+                .journal
+                .run(id)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            Ok((
+                axum::http::StatusCode::ACCEPTED,
+                Json(json!({ "run": run })),
+            ))
+        }
+        Err(RunError::Running(id)) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "run_in_progress",
+            format!("run {id} of flow `{name}` is still running"),
+        )),
+        Err(error) => Err(ApiError::internal(&error)),
+    }
+}
+
+/// `GET /api/v1/flows/{name}/runs/{id}`: one run, with its progress while it goes.
+pub async fn one_run(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    known_flow(&state, &name)?;
+    let missing = || ApiError::not_found("unknown_run", format!("flow `{name}` has no run {id}"));
+    let id: i64 = id.parse().map_err(|_| missing())?;
+    let run = state
+        .journal
+        .run(id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .filter(|run| run.flow == name)
+        .ok_or_else(missing)?;
+    Ok(Json(json!(run)))
+}
+
 /// `POST /api/v1/flows/{name}/reconcile?since=24h&repair=true`: compare both sides with the
 /// links now and answer the report (kept: `GET` shows the newest).
 pub async fn reconcile(

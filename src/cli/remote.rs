@@ -584,3 +584,182 @@ pub fn render_report(report: &Value) -> String {
     }
     out
 }
+
+/// `tandem backfill`: with `--dry-run`, print what a backfill would link and create; otherwise
+/// start one in the daemon and follow it with a progress bar until it ends. Interrupting the
+/// command leaves the backfill running; running it again after the daemon stopped resumes it.
+pub async fn backfill(
+    flow: &str,
+    dry_run: bool,
+    remote: Remote,
+    settings: Settings,
+) -> anyhow::Result<()> {
+    let client = Client::new(&remote, &settings)?.patient()?;
+    let flow_path = url::form_urlencoded::byte_serialize(flow.as_bytes()).collect::<String>();
+    if dry_run {
+        let plan = client
+            .call(
+                reqwest::Method::POST,
+                &format!("/flows/{flow_path}/backfill?dry_run=true"),
+                None,
+            )
+            .await
+            .with_context(|| format!("planning a backfill of flow `{flow}`"))?;
+        if remote.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", render_plan(&plan));
+        }
+        return Ok(());
+    }
+    let started = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/flows/{flow_path}/backfill"),
+            None,
+        )
+        .await
+        .with_context(|| format!("starting a backfill of flow `{flow}`"))?;
+    let id = started["run"]["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("the daemon's answer names no run: {started}"))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:12} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .map_err(|e| anyhow!("progress bar template: {e}"))?
+        .progress_chars("=> "),
+    );
+    if remote.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let run = loop {
+        let run = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/flows/{flow_path}/runs/{id}"),
+                None,
+            )
+            .await
+            .with_context(|| format!("following backfill run {id}"))?;
+        let checkpoint = &run["checkpoint"];
+        bar.set_message(
+            checkpoint["phase"]
+                .as_str()
+                .unwrap_or("starting")
+                .to_string(),
+        );
+        let total = checkpoint["total"].as_u64().unwrap_or(0);
+        bar.set_length(total);
+        let done = run["written"].as_u64().unwrap_or(0)
+            + run["skipped"].as_u64().unwrap_or(0)
+            + run["failed"].as_u64().unwrap_or(0);
+        bar.set_position(done.min(total));
+        if run["status"] != "running" {
+            break run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    bar.finish_and_clear();
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        let checkpoint = &run["checkpoint"];
+        println!(
+            "backfill run {id} {}: {} already linked, {} pairs linked, {} ambiguous left alone; \
+             {} written, {} skipped, {} failed; {} API calls",
+            cell(&run["status"]),
+            cell(&checkpoint["already_linked"]),
+            cell(&checkpoint["linked"]),
+            cell(&checkpoint["ambiguous"]),
+            cell(&run["written"]),
+            cell(&run["skipped"]),
+            cell(&run["failed"]),
+            cell(&run["api_calls"]),
+        );
+    }
+    if run["status"] != "succeeded" {
+        bail!(
+            "backfill run {id} ended {}: {}",
+            cell(&run["status"]),
+            cell(&run["error"])
+        );
+    }
+    Ok(())
+}
+
+/// A backfill plan as the terminal shows it: counts, then each list (long ones cut short;
+/// `--json` has everything).
+pub fn render_plan(plan: &Value) -> String {
+    const SHOWN: usize = 20;
+    let list = |key: &str| plan[key].as_array().cloned().unwrap_or_default();
+    let (pairs, create, ambiguous) = (list("pairs"), list("create"), list("ambiguous"));
+    let mut out = format!(
+        "flow {}: listed {} left, {} right; {} already linked\nwould link {} pairs, create {} records, leave {} ambiguous\n",
+        cell(&plan["flow"]),
+        cell(&plan["listed_left"]),
+        cell(&plan["listed_right"]),
+        cell(&plan["already_linked"]),
+        pairs.len(),
+        create.len(),
+        ambiguous.len(),
+    );
+    let more = |out: &mut String, total: usize| {
+        if total > SHOWN {
+            let _ = writeln!(out, "… and {} more (--json shows all)", total - SHOWN);
+        }
+    };
+    if !pairs.is_empty() {
+        out.push_str("\nWOULD LINK\n");
+        let rows: Vec<Vec<String>> = pairs
+            .iter()
+            .take(SHOWN)
+            .map(|p| {
+                let differing = p["differing"].as_array().map_or(String::new(), |d| {
+                    d.iter().map(cell).collect::<Vec<_>>().join(", ")
+                });
+                vec![
+                    cell(&p["left_id"]),
+                    cell(&p["right_id"]),
+                    cell(&p["by"]),
+                    if differing.is_empty() {
+                        "-".into()
+                    } else {
+                        differing
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["LEFT", "RIGHT", "BY", "DIFFERING FIELDS"], &rows));
+        more(&mut out, pairs.len());
+    }
+    if !create.is_empty() {
+        out.push_str("\nWOULD CREATE A COUNTERPART FOR\n");
+        let rows: Vec<Vec<String>> = create
+            .iter()
+            .take(SHOWN)
+            .map(|c| vec![cell(&c["side"]), cell(&c["id"])])
+            .collect();
+        out.push_str(&table(&["SIDE", "ID"], &rows));
+        more(&mut out, create.len());
+    }
+    if !ambiguous.is_empty() {
+        out.push_str("\nAMBIGUOUS (same match key on several records; left alone)\n");
+        let rows: Vec<Vec<String>> = ambiguous
+            .iter()
+            .take(SHOWN)
+            .map(|a| {
+                vec![
+                    cell(&a["side"]),
+                    cell(&a["id"]),
+                    cell(&a["key"]),
+                    cell(&a["candidates"]),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SIDE", "ID", "KEY", "CANDIDATES"], &rows));
+        more(&mut out, ambiguous.len());
+    }
+    out
+}

@@ -630,7 +630,12 @@ impl Engine {
         }
         // A webhook is not narrowed by the flow's filter the way a poll is; and a poll read by
         // one flow says nothing about another flow's filter on the same object.
-        if work.origin != Origin::Poll || route.shared {
+        // Polls, backfill and reconcile list with the filter; a webhook or a replay did not.
+        let listed = matches!(
+            work.origin,
+            Origin::Poll | Origin::Backfill | Origin::Reconcile
+        );
+        if !listed || route.shared {
             if let Some(filter) = s_conf.filter.as_deref() {
                 let inside = source
                     .matches(&s_conf.object, &work.record_id, filter)
