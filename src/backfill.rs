@@ -34,7 +34,7 @@ pub enum BackfillError {
 }
 
 /// Two records found to belong together.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Pair {
     pub left_id: String,
     pub right_id: String,
@@ -45,7 +45,7 @@ pub struct Pair {
 }
 
 /// A record with no counterpart, to be created on the other side.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ToCreate {
     /// Where the record is: `left` or `right`.
     pub side: &'static str,
@@ -53,7 +53,7 @@ pub struct ToCreate {
 }
 
 /// A match key value several records share: left alone rather than guessed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Ambiguous {
     pub side: &'static str,
     pub id: String,
@@ -61,7 +61,7 @@ pub struct Ambiguous {
     pub candidates: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Plan {
     pub flow: String,
     pub listed_left: usize,

@@ -25,10 +25,10 @@ pub enum ReconcileError {
 }
 
 /// A record on one side with no counterpart in the flow.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Missing {
     /// `left` or `right`: where the record is.
-    pub side: &'static str,
+    pub side: String,
     pub connector: String,
     pub object: String,
     pub id: String,
@@ -37,17 +37,17 @@ pub struct Missing {
 }
 
 /// One field of a linked pair whose values disagree.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FieldDrift {
     pub left_field: String,
     pub right_field: String,
     pub left: Value,
     pub right: Value,
     /// Which side differs from what Tandem last synced: `left`, `right`, `both` or `neither`.
-    pub changed_since_sync: &'static str,
+    pub changed_since_sync: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Drift {
     pub left_id: String,
     pub right_id: String,
@@ -55,15 +55,15 @@ pub struct Drift {
 }
 
 /// A link one of whose records no longer exists.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Orphan {
     pub left_id: String,
     pub right_id: String,
     /// `left`, `right` or `both`.
-    pub missing: &'static str,
+    pub missing: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub flow: String,
     pub started_at: i64,
@@ -310,7 +310,8 @@ impl Reconciler<'_> {
                         (true, true) => "both",
                         (true, false) => "left",
                         _ => "right",
-                    },
+                    }
+                    .to_string(),
                 });
                 continue;
             }
@@ -350,7 +351,7 @@ impl Reconciler<'_> {
                     .filter(|m| !m.is_empty())
                     .map(str::to_string);
                 report.missing.push(Missing {
-                    side: side.as_str(),
+                    side: side.as_str().to_string(),
                     connector: conf.connector.clone(),
                     object: conf.object.clone(),
                     id: id.clone(),
@@ -411,7 +412,7 @@ impl Reconciler<'_> {
             let mut left = false;
             let mut right = false;
             for field in &drift.fields {
-                match field.changed_since_sync {
+                match field.changed_since_sync.as_str() {
                     "left" => left = true,
                     "right" => right = true,
                     _ => {
@@ -478,7 +479,8 @@ fn drift(flow: &FlowSettings, link: &Link, left: &Record, right: &Record) -> Vec
                 (true, false) => "left",
                 (false, true) => "right",
                 (false, false) => "neither",
-            },
+            }
+            .to_string(),
         });
     }
     out

@@ -1,8 +1,10 @@
-//! The admin API under `/api/v1`, behind the admin bearer token: dead letters for now.
+//! The admin API under `/api/v1`, behind the admin bearer token: the token check and the dead
+//! letters (the status routes are in `status`).
 //!
 //! Request input is parsed here by hand rather than by axum's extractors so that every mistake
 //! answers with the same JSON error body naming the parameter at fault (the extractors' own
-//! rejections are plain text).
+//! rejections are plain text). The answers that the token layer adds to every route (401, 503)
+//! are documented once, in `openapi`, rather than on each handler.
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -14,11 +16,13 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 
+use super::error::{ErrorBody, ErrorDetail};
 use super::{ApiError, AppState};
 use crate::journal::{
     DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStatus, ReplayError, MAX_DEAD_LETTER_PAGE,
@@ -118,11 +122,135 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// A page of dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetterItem>,
+    /// Pass back as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A dead letter as listed: everything but the payload and the snapshot, which may be large.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterItem {
+    pub id: i64,
+    /// The flow the failed write was for.
+    pub flow: Option<String>,
+    /// The connector whose write failed.
+    pub connector: String,
+    /// The connector the change came from.
+    pub source_connector: String,
+    pub object: String,
+    /// The record's id on the source side.
+    pub record_id: String,
+    /// The change that failed.
+    pub change_id: i64,
+    /// What was attempted, in words: `create Case`, `update issue 10001`, `read Case 500…`.
+    pub operation: String,
+    /// The vendor's HTTP status, when it answered.
+    pub http_status: Option<u16>,
+    pub vendor_code: Option<String>,
+    pub vendor_message: Option<String>,
+    pub attempts: i64,
+    /// RFC 3339, UTC.
+    pub first_failed_at: String,
+    /// RFC 3339, UTC.
+    pub last_failed_at: String,
+    pub status: LetterStatus,
+    /// The change a replay appended.
+    pub replay_change_id: Option<i64>,
+}
+
+/// A dead letter's whole story: the list item plus what was refused and where it came from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterDetail {
+    #[serde(flatten)]
+    pub item: DeadLetterItem,
+    /// What was sent to the vendor (or would have been).
+    pub payload: Value,
+    /// The change's operation: `upsert` or `delete`.
+    pub op: String,
+    /// How the change arrived: `webhook`, `poll`, `reconcile`, `backfill` or `replay`.
+    pub origin: String,
+    /// The fields the change observed (possibly partial).
+    pub snapshot: Value,
+    /// When it stopped being open, RFC 3339, UTC.
+    pub resolved_at: Option<String>,
+}
+
+/// Mirrors the journal's `DeadLetterStatus` so that the document lists the values.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LetterStatus {
+    Open,
+    Replayed,
+    Discarded,
+    Superseded,
+}
+
+impl From<DeadLetterStatus> for LetterStatus {
+    fn from(status: DeadLetterStatus) -> Self {
+        match status {
+            DeadLetterStatus::Open => LetterStatus::Open,
+            DeadLetterStatus::Replayed => LetterStatus::Replayed,
+            DeadLetterStatus::Discarded => LetterStatus::Discarded,
+            DeadLetterStatus::Superseded => LetterStatus::Superseded,
+        }
+    }
+}
+
+/// The answer to a replay of one dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub dead_letter: i64,
+    /// The change the replay appended; the engine reads the record's state afresh for it.
+    pub change_id: i64,
+}
+
+/// The answer to a replay by filter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkReplayed {
+    /// How many letters were replayed.
+    pub replayed: usize,
+    /// The changes the replays appended, in the order of `dead_letters`.
+    pub change_ids: Vec<i64>,
+    /// The letters replayed, oldest first.
+    pub dead_letters: Vec<i64>,
+    /// More open letters matched than one call replays: call again.
+    pub more: bool,
+}
+
 /// `GET /api/v1/dead-letters`
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters",
+    tag = "dead letters",
+    operation_id = "list_dead_letters",
+    summary = "Failed changes, newest first",
+    params(
+        ("flow" = Option<String>, Query, description = "Only this flow's letters."),
+        ("connector" = Option<String>, Query, description = "Only letters whose write to this connector failed."),
+        ("code" = Option<String>, Query, description = "Only this vendor error code."),
+        ("status" = Option<String>, Query,
+            description = "`open` (the default), `replayed`, `discarded`, `superseded`, or `any`."),
+        ("since" = Option<String>, Query,
+            description = "Last failed at or after: RFC 3339 or epoch milliseconds."),
+        ("until" = Option<String>, Query,
+            description = "Last failed before: RFC 3339 or epoch milliseconds."),
+        ("limit" = Option<u32>, Query, minimum = 1,
+            description = "Page size, 50 by default; larger values are capped, not refused."),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page, unchanged."),
+    ),
+    responses(
+        (status = 200, description = "A page of dead letters.", body = DeadLetterPage),
+        (status = 400, description = "`bad_request`: an unknown parameter or a value that does not parse.",
+            body = ErrorBody),
+    ),
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterPage>, ApiError> {
     let mut filter = DeadLetterFilter::default();
     let mut limit = DEFAULT_PAGE;
     let mut cursor = None;
@@ -154,17 +282,30 @@ async fn list(
         .list_dead_letters(&filter, cursor, limit)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({
-        "items": letters.iter().map(item).collect::<Vec<_>>(),
-        "next_cursor": next.map(encode_cursor),
-    })))
+    Ok(Json(DeadLetterPage {
+        items: letters.iter().map(item).collect(),
+        next_cursor: next.map(encode_cursor),
+    }))
 }
 
 /// `GET /api/v1/dead-letters/{id}`
-async fn show(
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters/{id}",
+    tag = "dead letters",
+    operation_id = "show_dead_letter",
+    summary = "One dead letter, with the payload that was refused and the change it came from",
+    params(("id" = i64, Path, minimum = 1, description = "The dead letter's id.")),
+    responses(
+        (status = 200, description = "The dead letter.", body = DeadLetterDetail),
+        (status = 400, description = "`bad_request`: the id is not a positive integer.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter.", body = ErrorBody),
+    ),
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = parse_id(&id)?;
     let letter = state
         .journal
@@ -172,19 +313,34 @@ async fn show(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| missing(id))?;
-    let mut body = item(&letter);
-    if let Value::Object(fields) = &mut body {
-        fields.insert("payload".into(), letter.payload.clone());
-        fields.insert("op".into(), letter.change.op.as_str().into());
-        fields.insert("origin".into(), letter.change.origin.as_str().into());
-        fields.insert("snapshot".into(), letter.change.snapshot.clone());
-        fields.insert("resolved_at".into(), letter.resolved_at.map(rfc3339).into());
-    }
-    Ok(Json(body))
+    Ok(Json(DeadLetterDetail {
+        item: item(&letter),
+        op: letter.change.op.as_str().into(),
+        origin: letter.change.origin.as_str().into(),
+        resolved_at: letter.resolved_at.map(rfc3339),
+        payload: letter.payload,
+        snapshot: letter.change.snapshot,
+    }))
 }
 
 /// `POST /api/v1/dead-letters/{id}/replay`
-async fn replay_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+#[utoipa::path(
+    post,
+    path = "/api/v1/dead-letters/{id}/replay",
+    tag = "dead letters",
+    operation_id = "replay_dead_letter",
+    summary = "Send one open dead letter's record through the engine again, with fresh state",
+    params(("id" = i64, Path, minimum = 1, description = "The dead letter's id.")),
+    responses(
+        (status = 202, description = "Replayed: a change is appended and the letter is `replayed`.",
+            body = Replayed),
+        (status = 400, description = "`bad_request`: the id is not a positive integer.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter.", body = ErrorBody),
+        (status = 409, description = "`not_open`: the letter was already resolved; `error.status` says how.",
+            body = ErrorBody),
+    ),
+)]
+pub(super) async fn replay_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(error) => return error.into_response(),
@@ -194,7 +350,10 @@ async fn replay_one(State(state): State<AppState>, Path(id): Path<String>) -> Re
             tracing::info!(dead_letter = %id, change_id = %change, "dead letter replayed");
             (
                 StatusCode::ACCEPTED,
-                Json(json!({ "dead_letter": id, "change_id": change })),
+                Json(Replayed {
+                    dead_letter: id.0,
+                    change_id: change.0,
+                }),
             )
                 .into_response()
         }
@@ -202,21 +361,24 @@ async fn replay_one(State(state): State<AppState>, Path(id): Path<String>) -> Re
     }
 }
 
-/// The body of `POST /api/v1/dead-letters/replay`. No `status`: only open letters replay.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /api/v1/dead-letters/replay`: which open letters to replay, every field
+/// narrowing (`{}` for all). No `status`: only open letters replay.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BulkFilter {
+pub struct BulkFilter {
     flow: Option<String>,
     connector: Option<String>,
     code: Option<String>,
+    /// Last failed at or after.
     since: Option<TimeArg>,
+    /// Last failed before.
     until: Option<TimeArg>,
 }
 
 /// A time in a JSON body: epoch milliseconds as a number, or a string the query accepts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
-enum TimeArg {
+pub enum TimeArg {
     Millis(i64),
     Text(String),
 }
@@ -234,10 +396,24 @@ impl TimeArg {
 ///
 /// The body is required even to mean "everything": `{}` is a deliberate choice, an empty POST
 /// might be an accident.
-async fn replay_matching(
+#[utoipa::path(
+    post,
+    path = "/api/v1/dead-letters/replay",
+    tag = "dead letters",
+    operation_id = "replay_dead_letters",
+    summary = "Replay every open dead letter matching a filter",
+    description = "At most 1000 letters per call; `more` says when others matched.",
+    request_body(content = BulkFilter, description = "`{}` for every open dead letter; required even then."),
+    responses(
+        (status = 202, description = "Replayed.", body = BulkReplayed),
+        (status = 400, description = "`bad_request`: the body is not such an object, or a time does not parse.",
+            body = ErrorBody),
+    ),
+)]
+pub(super) async fn replay_matching(
     State(state): State<AppState>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BulkReplayed>), ApiError> {
     let body: BulkFilter = serde_json::from_slice(&body).map_err(|e| {
         bad_request(format!(
             "the body must be a JSON object with any of flow, connector, code, since, until \
@@ -264,17 +440,32 @@ async fn replay_matching(
     );
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "replayed": replay.replayed.len(),
-            "change_ids": replay.replayed.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
-            "dead_letters": replay.replayed.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
-            "more": replay.more,
-        })),
+        Json(BulkReplayed {
+            replayed: replay.replayed.len(),
+            change_ids: replay.replayed.iter().map(|(_, c)| c.0).collect(),
+            dead_letters: replay.replayed.iter().map(|(d, _)| d.0).collect(),
+            more: replay.more,
+        }),
     ))
 }
 
 /// `DELETE /api/v1/dead-letters/{id}`
-async fn discard(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+#[utoipa::path(
+    delete,
+    path = "/api/v1/dead-letters/{id}",
+    tag = "dead letters",
+    operation_id = "discard_dead_letter",
+    summary = "Give up on an open dead letter",
+    params(("id" = i64, Path, minimum = 1, description = "The dead letter's id.")),
+    responses(
+        (status = 204, description = "Discarded."),
+        (status = 400, description = "`bad_request`: the id is not a positive integer.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter.", body = ErrorBody),
+        (status = 409, description = "`not_open`: the letter was already resolved; `error.status` says how.",
+            body = ErrorBody),
+    ),
+)]
+pub(super) async fn discard(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(error) => return error.into_response(),
@@ -299,38 +490,41 @@ fn resolve_failed(error: ReplayError) -> Response {
         // the message to show it.
         ReplayError::NotOpen { id, status } => (
             StatusCode::CONFLICT,
-            Json(json!({ "error": {
-                "code": "not_open",
-                "message": format!("dead letter {id} is {status}; only open dead letters can be \
-                                    replayed or discarded"),
-                "status": status.as_str(),
-            }})),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: "not_open".into(),
+                    message: format!(
+                        "dead letter {id} is {status}; only open dead letters can be replayed \
+                         or discarded"
+                    ),
+                    status: Some(status.as_str().into()),
+                },
+            }),
         )
             .into_response(),
         ReplayError::Journal(error) => ApiError::internal(&error).into_response(),
     }
 }
 
-/// A list item: everything but the (possibly large) payload and snapshot.
-fn item(letter: &DeadLetter) -> Value {
-    json!({
-        "id": letter.id,
-        "flow": letter.flow,
-        "connector": letter.connector,
-        "source_connector": letter.change.connector,
-        "object": letter.change.object,
-        "record_id": letter.change.record_id,
-        "change_id": letter.change.id,
-        "operation": letter.operation,
-        "http_status": letter.http_status,
-        "vendor_code": letter.vendor_code,
-        "vendor_message": letter.vendor_message,
-        "attempts": letter.attempts,
-        "first_failed_at": rfc3339(letter.first_failed_at),
-        "last_failed_at": rfc3339(letter.last_failed_at),
-        "status": letter.status.as_str(),
-        "replay_change_id": letter.replay_change_id,
-    })
+fn item(letter: &DeadLetter) -> DeadLetterItem {
+    DeadLetterItem {
+        id: letter.id.0,
+        flow: letter.flow.clone(),
+        connector: letter.connector.clone(),
+        source_connector: letter.change.connector.clone(),
+        object: letter.change.object.clone(),
+        record_id: letter.change.record_id.clone(),
+        change_id: letter.change.id.0,
+        operation: letter.operation.clone(),
+        http_status: letter.http_status,
+        vendor_code: letter.vendor_code.clone(),
+        vendor_message: letter.vendor_message.clone(),
+        attempts: letter.attempts,
+        first_failed_at: rfc3339(letter.first_failed_at),
+        last_failed_at: rfc3339(letter.last_failed_at),
+        status: letter.status.into(),
+        replay_change_id: letter.replay_change_id.map(|c| c.0),
+    }
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -40,11 +41,35 @@ pub fn router() -> Router<AppState> {
         .route("/assets/{name}", get(asset))
 }
 
-async fn index() -> Response {
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    operation_id = "dashboard",
+    summary = "The operator dashboard: one page that calls the admin API with the token typed into it",
+    responses((status = 200, description = "The page; public, it holds no data.", body = String,
+        content_type = "text/html; charset=utf-8")),
+)]
+pub(super) async fn index() -> Response {
     page("text/html; charset=utf-8", INDEX)
 }
 
-async fn asset(Path(name): Path<String>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/assets/{name}",
+    tag = "dashboard",
+    operation_id = "dashboard_asset",
+    summary = "The dashboard's script and stylesheet",
+    params(("name" = String, Path, description = "`dashboard.js` or `dashboard.css`.")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+        )),
+        (status = 404, description = "`not_found`: no such asset.", body = ErrorBody),
+    ),
+)]
+pub(super) async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(asset, _, _)| *asset == name) {
         Some((_, content_type, body)) => page(content_type, body),
         None => {

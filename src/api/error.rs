@@ -4,7 +4,40 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// `{"error":{"code":"…","message":"…"}}`: what every endpoint answers with when it refuses.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "dead letter 7 does not exist"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (`bad_request`, `unauthorized`, `not_found`, …): branch on
+    /// this, not on the message.
+    pub code: String,
+    /// For people: what was wrong and, where there is one, what to do about it.
+    pub message: String,
+    /// Only with `not_open`: the dead letter's status, so a client need not parse the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub status: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                status: None,
+            },
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -43,8 +76,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 

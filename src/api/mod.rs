@@ -7,6 +7,7 @@ mod admin;
 mod dashboard;
 mod error;
 mod health;
+mod openapi;
 mod status;
 mod webhooks;
 
@@ -22,7 +23,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use openapi::ApiDoc;
 
 use crate::config::Settings;
 use crate::connectors::Connectors;
@@ -85,6 +87,8 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/{connector}/{token}",
             post(webhooks::receive_with_token),
         )
+        // Beside the admin routes but outside their token layer: the document is public.
+        .route(openapi::PATH, get(openapi::document))
         .nest(
             "/api/v1",
             admin::router().layer(axum::middleware::from_fn_with_state(

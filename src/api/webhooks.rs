@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::connectors::{WebhookError, WebhookReply, WebhookRequest};
 use crate::journal::{Appended, Origin};
@@ -19,6 +20,42 @@ use crate::metrics::WebhookResult;
 
 type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/{connector}",
+    tag = "webhooks",
+    operation_id = "receive_webhook",
+    summary = "Webhook intake: authenticate, parse, commit, then answer",
+    description = "Jira webhooks are signed (`X-Hub-Signature: sha256=…`, HMAC-SHA256 of the body with \
+        the connector's `webhook_secret`). Salesforce notifications (a SOAP Outbound Message or JSON \
+        change events) carry the shared secret in `X-Tandem-Webhook-Token`, or in the path: see \
+        `/webhooks/{connector}/{token}`. Nothing is written unless the request is authenticated and \
+        parses; the answer comes only after the changes are committed.",
+    params(
+        ("connector" = String, Path, description = "A configured connector's name."),
+        ("X-Hub-Signature" = Option<String>, Header,
+            description = "Jira: `sha256=<hex HMAC-SHA256 of the body>`."),
+        ("X-Tandem-Webhook-Token" = Option<String>, Header,
+            description = "Salesforce: the connector's `webhook_secret`, for senders that can set headers."),
+    ),
+    request_body(
+        description = "The vendor's notification as it sends it.",
+        content((serde_json::Value = "application/json"), (String = "text/xml")),
+    ),
+    responses(
+        (status = 200, description = "Committed; the SOAP `Ack` an Outbound Message sender waits for.",
+            body = String, content_type = "text/xml", example = json!(SOAP_ACK)),
+        (status = 204, description = "Committed (or already stored, or nothing to store)."),
+        (status = 400, description = "`malformed_webhook`: the body does not parse, with the reason; \
+            `bad_body`: the body could not be read.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: bad or missing signature or token.", body = ErrorBody),
+        (status = 404, description = "`unknown_connector`: no connector of that name is configured.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: past `server.max_body_bytes`.", body = ErrorBody),
+        (status = 503, description = "`journal_unavailable`: not stored; the sender should retry.",
+            body = ErrorBody),
+    ),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(connector): Path<String>,
@@ -28,6 +65,38 @@ pub async fn receive(
     handle(state, connector, None, headers, body).await
 }
 
+/// For senders that cannot add headers (Salesforce Outbound Messages).
+#[utoipa::path(
+    post,
+    path = "/webhooks/{connector}/{token}",
+    tag = "webhooks",
+    operation_id = "receive_webhook_with_token",
+    summary = "Webhook intake with the shared secret in the path",
+    description = "As `/webhooks/{connector}`, for senders that cannot add headers: Salesforce \
+        Outbound Messages. The token is masked in the logs.",
+    params(
+        ("connector" = String, Path, description = "A configured connector's name."),
+        ("token" = String, Path, description = "The connector's `webhook_secret`."),
+    ),
+    request_body(
+        description = "The vendor's notification as it sends it.",
+        content((String = "text/xml"), (serde_json::Value = "application/json")),
+    ),
+    responses(
+        (status = 200, description = "Committed; the SOAP `Ack` an Outbound Message sender waits for.",
+            body = String, content_type = "text/xml", example = json!(SOAP_ACK)),
+        (status = 204, description = "Committed (or already stored, or nothing to store)."),
+        (status = 400, description = "`malformed_webhook`: the body does not parse, with the reason; \
+            `bad_body`: the body could not be read.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: wrong token, or a message from another organization.",
+            body = ErrorBody),
+        (status = 404, description = "`unknown_connector`: no connector of that name is configured.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: past `server.max_body_bytes`.", body = ErrorBody),
+        (status = 503, description = "`journal_unavailable`: not stored; the sender should retry.",
+            body = ErrorBody),
+    ),
+)]
 pub async fn receive_with_token(
     State(state): State<AppState>,
     Path((connector, token)): Path<(String, String)>,

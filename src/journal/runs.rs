@@ -9,11 +9,12 @@
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use super::{now_ms, Journal, JournalError};
 
 /// What a run did, as counted so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RunCounts {
     /// Changes the run took from the journal (coalesced ones included).
     pub seen: i64,
@@ -28,7 +29,7 @@ pub struct RunCounts {
 }
 
 /// One row of `sync_runs`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Run {
     pub id: i64,
     pub flow: String,
