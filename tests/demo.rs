@@ -73,6 +73,10 @@ fn the_demo_syncs_both_ways_shows_a_dead_letter_and_stops_cleanly_by_itself() {
         "no Salesforce → Jira create\n{context}"
     );
     assert!(
+        has("  salesforce Account", "jira ONB-", "  created"),
+        "the scheduled flow's first run made no onboarding issue\n{context}"
+    );
+    assert!(
         lines.iter().any(|l| l.contains("  echo")),
         "no echo line\n{context}"
     );

@@ -487,8 +487,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .context("the demo's configuration is invalid (a bug in the demo)")?;
     let flows = settings.flows.clone();
 
-    // Before the daemon starts: the scheduled flow's first run, at start, reads back
-    // `ingest.overlap` and finds them, so the first onboarding issues show without a 30 s wait.
+    // Before the daemon starts: the scheduled flow's first run (started through the API right
+    // after start, see `connect_and_seed`) reads back `ingest.overlap` and finds them, so the
+    // first onboarding issues show without a 30 s wait.
     for (name, description) in &ACCOUNTS[..2] {
         sf.insert(
             "Account",
@@ -636,7 +637,21 @@ async fn connect_and_seed(world: &World, base: &str, secrets: &Secrets) -> anyho
         )
         .context("seeding cases")?;
     }
-
+    // Run the scheduled flow once now, as an operator would (`POST /api/v1/flows/nightly/run`):
+    // its first run shows in the dashboard and the API at once, then every 30 s.
+    let response = world
+        .http
+        .post(format!("{base}/api/v1/flows/nightly/run"))
+        .bearer_auth(&secrets.admin)
+        .send()
+        .await
+        .context("starting the scheduled flow's first run")?;
+    if !response.status().is_success() {
+        anyhow::bail!(
+            "starting the scheduled flow's first run: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
@@ -654,10 +669,13 @@ fn banner(base: &str, jira: &str, sf: &str, admin: &str, data: &DataDir, args: &
 Tandem demo: Jira Cloud and Salesforce emulators, and the daemon between them.
 
   daemon        {base}
+    dashboard   {base}/   (paste the admin token below)
     metrics     {base}/metrics
     health      {base}/healthz
     dead letters {base}/api/v1/dead-letters
                 curl -H 'Authorization: Bearer {admin}' {base}/api/v1/dead-letters
+    runs        curl -H 'Authorization: Bearer {admin}' {base}/api/v1/flows/nightly
+    reconcile   tandem reconcile --flow support --url {base} --token {admin}
   admin token   {admin}
   Jira          {jira}   (basic auth sim@example.com / sim-token; state: {jira}/__sim/state)
   Salesforce    {sf}   (client credentials sim-client / sim-secret; state: {sf}/__sim/state)
