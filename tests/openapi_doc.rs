@@ -538,6 +538,62 @@ async fn live_answers_fit_the_document() {
             .unwrap(),
     )
     .await;
+    let run_id = started["run"]["id"].as_i64().unwrap();
+    let one = fits(
+        &spec,
+        "get",
+        "/api/v1/flows/{name}/runs/{id}",
+        get(&format!("/api/v1/flows/nightly/runs/{run_id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(one["id"], run_id);
+    let never = fits(
+        &spec,
+        "get",
+        "/api/v1/flows/{name}/reconcile",
+        get("/api/v1/flows/nightly/reconcile").send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(never["error"]["code"], "no_report");
+    let report = fits(
+        &spec,
+        "post",
+        "/api/v1/flows/{name}/reconcile",
+        call(
+            Method::POST,
+            "/api/v1/flows/nightly/reconcile?since=1h".into(),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(report["flow"], "nightly");
+    let kept = fits(
+        &spec,
+        "get",
+        "/api/v1/flows/{name}/reconcile",
+        get("/api/v1/flows/nightly/reconcile").send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(kept, report);
+    let plan = fits(
+        &spec,
+        "post",
+        "/api/v1/flows/{name}/backfill",
+        call(
+            Method::POST,
+            "/api/v1/flows/nightly/backfill?dry_run=true".into(),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(plan["flow"], "nightly");
     for path in ["/api/v1/flows/daily", "/api/v1/flows/daily/runs"] {
         let body = fits(
             &spec,
