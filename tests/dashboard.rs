@@ -196,6 +196,21 @@ reverse_map = { High = "High", Medium = "Medium", Low = "Low" }
 left = "status.name"
 right = "Status"
 map = { "To Do" = "New", "In Progress" = "Working", "Done" = "Closed" }
+
+# A scheduled flow, for its runs: customer accounts become onboarding issues.
+[flows.onboarding]
+mode = { scheduled = { every = "1h" } }
+direction = "right_to_left"
+left = { connector = "jira", object = "issue", filter = "project = SUP", marker = "customfield_10051" }
+right = { connector = "salesforce", object = "Account" }
+
+[flows.onboarding.defaults.left]
+project = { key = "SUP" }
+issuetype = { name = "Task" }
+
+[[flows.onboarding.fields]]
+left = "summary"
+right = "Name"
 "#;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -614,6 +629,19 @@ async fn scenario(world: World, browser: Client) {
     wait_text(&browser, "tr[data-flow=support]", "jira issue").await;
     wait_text(&browser, "tr[data-connector=salesforce]", "salesforce").await;
 
+    // A scheduled flow's runs: started from the page, shown with their figures.
+    world
+        .sims
+        .sf
+        .insert("Account", json!({"Name": "Globex onboarding"}))
+        .unwrap();
+    click(&browser, "tr[data-flow=onboarding] button[data-action=run]").await;
+    wait_text(&browser, "#notice", "Run #1 of onboarding started").await;
+    // Salesforce is failing here (a 500 or a 503): the run says so, with the vendor's answer.
+    let run = wait_text(&browser, "tr[data-flow=onboarding]", "failed run #1").await;
+    assert!(run.contains("polling salesforce/Account"), "{run}");
+    assert!(run.contains("HTTP 50"), "{run}");
+
     // The record's story so far: linked, then the change that failed.
     click(&browser, &format!("{row} button.link")).await;
     wait_text(&browser, "#record", &case).await;
@@ -638,6 +666,10 @@ async fn scenario(world: World, browser: Client) {
         assert!(Instant::now() < deadline, "the Case was never written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Salesforce is back: the next run of the scheduled flow goes through.
+    click(&browser, "tr[data-flow=onboarding] button[data-action=run]").await;
+    let run = wait_text(&browser, "tr[data-flow=onboarding]", "succeeded run #2").await;
+    assert!(run.contains("written 1"), "{run}");
     assert_eq!(
         world.admin(&format!("/dead-letters/{id}")).await["status"],
         "replayed"

@@ -240,7 +240,14 @@
       el('td', { class: 'num' }, f.open_dead_letters
         ? badge(String(f.open_dead_letters), 'open') : '0'),
       el('td', { class: 'small' }, counts(f.outcomes_since_start)),
-      el('td', {}, lastRun(f.last_run))));
+      el('td', {}, lastRun(f.last_run),
+        f.mode && f.mode.scheduled
+          ? el('button', {
+            type: 'button', class: 'small', 'data-action': 'run',
+            title: 'Start a run of this scheduled flow now',
+            onclick: () => runNow(f.name),
+          }, 'Run now')
+          : null)));
     clear($('flows'), table('Flows',
       ['Flow', 'Mode', 'Left', 'Right', 'Open dead letters', 'Outcomes since start', 'Last run'],
       rows));
@@ -418,6 +425,17 @@
       notice(`Dead letter #${id} was not replayed: ${error.message}`, 'bad');
     }
     state.expanded.delete(id);
+    await refresh();
+  }
+
+  async function runNow(flow) {
+    try {
+      const result = await api(`/flows/${encodeURIComponent(flow)}/run`, { method: 'POST' });
+      notice(`Run #${result.run ? result.run.id : '?'} of ${flow} started.`, 'ok');
+    } catch (error) {
+      if (sessionError(error)) return;
+      notice(`No run of ${flow} started: ${error.message}`, 'bad');
+    }
     await refresh();
   }
 
