@@ -748,3 +748,68 @@ pub fn next_after(schedule: &Schedule, last: i64) -> DateTime<Utc> {
 fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (at - now).to_std().unwrap_or(Duration::ZERO)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(text: &str) -> Schedule {
+        match crate::config::from_toml::<crate::config::FlowMode>(text) {
+            FlowMode::Scheduled(schedule) => schedule,
+            FlowMode::Realtime => panic!("not scheduled: {text}"),
+        }
+    }
+
+    fn at(text: &str) -> i64 {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn every_counts_from_the_last_run() {
+        let every = schedule(r#"scheduled = { every = "15m" }"#);
+        assert_eq!(
+            next_after(&every, at("2026-11-24T10:00:00Z")),
+            DateTime::parse_from_rfc3339("2026-11-24T10:15:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_cron_is_read_in_its_time_zone_daylight_saving_included() {
+        let utc = schedule(r#"scheduled = { cron = "0 2 * * *" }"#);
+        assert_eq!(
+            next_after(&utc, at("2026-11-24T10:00:00Z")),
+            DateTime::parse_from_rfc3339("2026-11-25T02:00:00Z").unwrap()
+        );
+        let paris = schedule(r#"scheduled = { cron = "0 2 * * *", timezone = "Europe/Paris" }"#);
+        // Winter: Paris is UTC+1.
+        assert_eq!(
+            next_after(&paris, at("2026-11-24T10:00:00Z")),
+            DateTime::parse_from_rfc3339("2026-11-25T01:00:00Z").unwrap()
+        );
+        // Summer: UTC+2.
+        assert_eq!(
+            next_after(&paris, at("2026-07-01T10:00:00Z")),
+            DateTime::parse_from_rfc3339("2026-07-02T00:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_bad_time_zone_or_one_without_cron_is_refused_with_the_reason() {
+        let refused = |value: serde_json::Value| {
+            serde_json::from_value::<FlowMode>(value)
+                .unwrap_err()
+                .to_string()
+        };
+        let text = refused(json!({"scheduled": {"cron": "0 2 * * *", "timezone": "Mars/Olympus"}}));
+        assert!(
+            text.contains("`Mars/Olympus` is not an IANA time zone"),
+            "{text}"
+        );
+        let text = refused(json!({"scheduled": {"every": "1h", "timezone": "Europe/Paris"}}));
+        assert!(text.contains("timezone goes with `cron`"), "{text}");
+        let text = refused(json!({"scheduled": {"every": "1h", "cron": "0 2 * * *"}}));
+        assert!(text.contains("exactly one of `every` or `cron`"), "{text}");
+    }
+}

@@ -932,3 +932,47 @@ async fn an_interrupted_backfill_resumes_without_duplicates() {
     app.stop().await;
     sims.stop().await;
 }
+
+#[tokio::test]
+async fn a_scheduled_run_creates_jira_issues_fifty_to_a_call() {
+    let sims = Sims::start().await;
+    let app = start(&sims).await;
+    let cases: Vec<String> = (0..120)
+        .map(|i| {
+            sims.sf
+                .insert(
+                    "Case",
+                    json!({"Subject": format!("from salesforce {i}"), "Priority": "Low", "Origin": "Web"}),
+                )
+                .unwrap()
+        })
+        .collect();
+    reset_calls(&sims.jira.base_url()).await;
+    let run = run(&app).await;
+    assert_eq!(run["written"], 120, "{run}");
+    let jira = calls(&sims.jira.base_url()).await;
+    eprintln!("120 cases → issues: jira calls {}", jira["by_endpoint"]);
+    let bulk = jira["by_endpoint"]["POST /rest/api/{v}/issue/bulk"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(bulk, 3, "50 + 50 + 20: {jira}");
+    assert!(
+        jira["by_endpoint"]
+            .get("POST /rest/api/{v}/issue")
+            .is_none(),
+        "no issue was created alone: {jira}"
+    );
+    // Each issue carries its case's id in the marker, and the priority mapped back.
+    for case in &cases {
+        let link: (String,) = sqlx::query_as("SELECT left_id FROM links WHERE right_id = ?")
+            .bind(case)
+            .fetch_one(app.journal.pool())
+            .await
+            .unwrap();
+        let issue = get_issue(&sims, &link.0).await.unwrap();
+        assert_eq!(issue["fields"]["customfield_10050"], case.as_str());
+        assert_eq!(issue["fields"]["priority"]["name"], "Low");
+    }
+    app.stop().await;
+    sims.stop().await;
+}
