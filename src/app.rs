@@ -37,12 +37,64 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("connector: {0}")]
     Connector(#[from] ConnectorError),
+    #[error(
+        "another Tandem daemon is using {database} (it holds {lock}); \
+         stop it first, or give this one its own `storage.url`"
+    )]
+    AlreadyRunning { database: String, lock: String },
+    #[error("cannot lock {lock}: {source}")]
+    Lock {
+        lock: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One daemon per journal: an exclusive lock on `<database>.lock`, held for the daemon's life
+/// and dropped by the kernel when the process dies (so a SIGKILL leaves no stale lock). Owning
+/// the journal is what lets a starting daemon take back every lease at once: a lease still
+/// held can only be a dead process's. `None` for an in-memory database, which nobody shares.
+fn lock_journal(
+    storage: &crate::config::StorageSettings,
+) -> Result<Option<std::fs::File>, AppError> {
+    let file = crate::journal::connect_options(storage)?
+        .get_filename()
+        .to_path_buf();
+    if file.as_os_str().is_empty() || file == std::path::Path::new(":memory:") {
+        return Ok(None);
+    }
+    let mut name = file.clone().into_os_string();
+    name.push(".lock");
+    let lock = std::path::PathBuf::from(name);
+    let shown = lock.display().to_string();
+    let handle = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| AppError::Lock {
+            lock: shown.clone(),
+            source,
+        })?;
+    match handle.try_lock() {
+        Ok(()) => Ok(Some(handle)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AppError::AlreadyRunning {
+            database: file.display().to_string(),
+            lock: shown,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AppError::Lock {
+            lock: shown,
+            source,
+        }),
+    }
 }
 
 pub struct Application {
     listener: TcpListener,
     engine: Arc<Engine>,
     state: AppState,
+    /// Held until the daemon has stopped: see [`lock_journal`].
+    lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -50,6 +102,13 @@ impl Application {
     /// `server.listen` with port 0 binds an ephemeral port: see [`Application::local_addr`].
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
         let journal = Journal::open(&settings.storage, &settings.journal).await?;
+        let lock = match lock_journal(&settings.storage) {
+            Ok(lock) => lock,
+            Err(error) => {
+                journal.close().await;
+                return Err(error);
+            }
+        };
         if settings.storage.migrate_on_start {
             if let Err(e) = journal.migrate().await {
                 journal.close().await;
@@ -115,6 +174,7 @@ impl Application {
                 connectors,
                 scheduler,
             },
+            lock,
         })
     }
 
@@ -134,6 +194,7 @@ impl Application {
             listener,
             engine,
             state,
+            lock,
         } = self;
         let grace = state.settings.server.shutdown_timeout;
         let journal = state.journal.clone();
@@ -154,6 +215,17 @@ impl Application {
                     () = stop.cancelled() => {}
                 }
             });
+        }
+        // One daemon owns a SQLite journal: what is still leased is a dead process's.
+        match journal.release_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                changes = n,
+                "took back changes a previous run left in flight"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "could not take back changes left in flight; their leases will expire")
+            }
         }
         let mut dispatchers = crate::dispatch::spawn(
             state.settings.clone(),
@@ -204,13 +276,16 @@ impl Application {
         while timers.join_next().await.is_some() {}
         // A run being stopped gives its claimed changes back and is marked interrupted.
         scheduler.stop().await;
-        // A change cut off mid-flight keeps its lease until it expires, then is retried: its
-        // write is idempotent (the marker on creates, echo suppression on updates).
+        // A change cut off mid-flight keeps its lease until it expires or the next start takes
+        // it back, then is retried: its write is idempotent (the marker on creates, echo
+        // suppression on updates).
         while dispatchers.join_next().await.is_some() {}
         let _ = usage.await;
         // Every acknowledged change is already committed; this flushes what is queued and closes
         // the database cleanly (WAL checkpointed by the last connection).
         journal.close().await;
+        // Only now may another daemon open this journal.
+        drop(lock);
         tracing::info!("stopped");
         served
     }

@@ -466,3 +466,130 @@ async fn a_request_that_fails_inside_a_group_does_not_fail_its_neighbours() {
     assert_eq!(stored, 63);
     journal.close().await;
 }
+
+#[tokio::test]
+async fn concurrent_settlements_share_commits_and_one_with_a_lost_lease_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(&dir, "").await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let key = format!("s{n}");
+        ids.push(
+            journal
+                .append(change(&n.to_string(), &key))
+                .await
+                .unwrap()
+                .id(),
+        );
+    }
+    let claimed = journal.claim("worker-a", 100, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 40);
+    let commits_before = journal.stats().commits.get();
+    let settlement = tandem::journal::Settlement {
+        outcome: "written".into(),
+        detail: serde_json::json!({}),
+        ..Default::default()
+    };
+    // Forty settlements at once, one of them by a worker that does not hold the lease.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, id) in ids.iter().enumerate() {
+        let (journal, settlement, id) = (journal.clone(), settlement.clone(), *id);
+        let owner = if n == 7 { "worker-b" } else { "worker-a" };
+        tasks.spawn(async move { (id, journal.settle(&[id], owner, &settlement, None).await) });
+    }
+    let mut lost = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, result) = joined.unwrap();
+        match result {
+            Ok(()) => {}
+            Err(JournalError::LeaseLost(at)) => {
+                assert_eq!(at, id);
+                lost.push(id);
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(lost, vec![ids[7]]);
+    let commits = journal.stats().commits.get() - commits_before;
+    assert!(commits < 40, "{commits} commits for 40 settlements");
+    let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes WHERE status = 'done'")
+        .fetch_one(journal.pool())
+        .await
+        .unwrap();
+    assert_eq!(done, 39);
+    let (status, owner): (String, Option<String>) =
+        sqlx::query_as("SELECT status, lease_owner FROM changes WHERE id = ?")
+            .bind(ids[7].0)
+            .fetch_one(journal.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), owner.as_deref()),
+        ("in_flight", Some("worker-a"))
+    );
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn leases_left_by_a_dead_process_are_taken_back_at_once_with_their_attempt_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(&dir, "").await;
+    let id = journal.append(change("1", "a")).await.unwrap().id();
+    let claimed = journal.claim("dead-worker", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(journal.claim("next", 10, LEASE).await.unwrap().is_empty());
+
+    assert_eq!(journal.release_leases().await.unwrap(), 1);
+    let again = journal.claim("next", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, id);
+    assert_eq!(again[0].attempts, 2, "the interrupted attempt still counts");
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_claim_finds_due_changes_behind_a_large_backlog_of_objects_it_leaves_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(&dir, "").await;
+    // 5,000 pending changes of an object this claimer excludes, then one it takes.
+    let mut batch = Vec::new();
+    for n in 0..5_000 {
+        let mut c = change(&n.to_string(), &format!("x{n}"));
+        c.object = "scheduled".into();
+        batch.push(c);
+    }
+    journal.append_all(batch, None).await.unwrap();
+    let wanted = journal.append(change("w", "wanted")).await.unwrap().id();
+    let excluded = vec!["scheduled".to_string()];
+    let claimed = journal
+        .claim_from(
+            "jira",
+            tandem::journal::Objects::Except(&excluded),
+            "w",
+            10,
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![wanted]
+    );
+    let only = vec!["scheduled".to_string()];
+    let claimed = journal
+        .claim_from(
+            "jira",
+            tandem::journal::Objects::Only(&only),
+            "r",
+            10,
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 10);
+    assert!(
+        claimed.windows(2).all(|w| w[0].id < w[1].id),
+        "oldest first"
+    );
+    journal.close().await;
+}

@@ -265,3 +265,30 @@ async fn read_response(stream: &mut TcpStream) -> String {
         }
     }
 }
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_journal_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = tandem::app::Application::build(common::settings(&dir, ""))
+        .await
+        .unwrap();
+    let Err(error) = tandem::app::Application::build(common::settings(&dir, "")).await else {
+        panic!("a second daemon started on a journal the first one owns");
+    };
+    let message = error.to_string();
+    assert!(
+        matches!(error, tandem::app::AppError::AlreadyRunning { .. }),
+        "{message}"
+    );
+    assert!(message.contains("tandem.db.lock"), "{message}");
+    // The refused start touched nothing the first one holds: it still serves, and once it has
+    // stopped, the next one starts.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(first.run_until_stopped(shutdown.clone()));
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    let again = tandem::app::Application::build(common::settings(&dir, ""))
+        .await
+        .unwrap();
+    drop(again);
+}

@@ -256,6 +256,22 @@ impl Journal {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
+        // Usually there are none: look before taking the write lock (an UPDATE of no rows
+        // still takes it, and waits for it behind the journal writer).
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM changes
+              WHERE connector = ? AND object = ? AND record_id = ? AND id > ? AND status = 'pending'
+              LIMIT 1",
+        )
+        .bind(&lead.connector)
+        .bind(&lead.object)
+        .bind(&lead.record_id)
+        .bind(lead.id.0)
+        .fetch_optional(self.pool())
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE changes
@@ -280,7 +296,8 @@ impl Journal {
 
     /// Settle claimed changes as done: links saved or removed, every change completed with its
     /// outcome and detail, and (given the record) its open dead letters superseded, in one
-    /// transaction.
+    /// transaction. Done by the journal writer, which commits concurrent settlements (and
+    /// appends) together; returns once committed.
     pub async fn settle(
         &self,
         changes: &[ChangeId],
@@ -288,40 +305,63 @@ impl Journal {
         settlement: &Settlement,
         supersede: Option<(&str, &str, &str)>,
     ) -> Result<(), JournalError> {
-        let now = now_ms();
-        let mut tx = self.pool().begin().await?;
-        for link in &settlement.save {
-            save_link(&mut tx, link, now).await?;
-        }
-        for (flow, left_id) in &settlement.remove {
-            sqlx::query("DELETE FROM links WHERE flow = ? AND left_id = ?")
-                .bind(flow)
-                .bind(left_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let detail = settlement.detail.to_string();
-        for id in changes {
-            let done = sqlx::query(
-                "UPDATE changes
-                    SET status = 'done', outcome = ?, detail = ?, lease_owner = NULL,
-                        lease_expires_at = NULL, last_error = NULL, updated_at = ?
-                  WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
-            )
-            .bind(&settlement.outcome)
-            .bind(&detail)
-            .bind(now)
-            .bind(id.0)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-            // An error drops the transaction, which rolls it back: nothing half-settled.
-            lease_held(*id, done.rows_affected())?;
-        }
-        if let Some(record) = supersede {
-            super::dead_letters::supersede_in(&mut tx, record, now).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(super::writer::Message::Settle(
+                super::writer::SettleRequest {
+                    changes: changes.to_vec(),
+                    owner: owner.to_string(),
+                    settlement: settlement.clone(),
+                    supersede: supersede
+                        .map(|(c, o, r)| (c.to_string(), o.to_string(), r.to_string())),
+                    reply,
+                },
+            ))
+            .await
+            .map_err(|_| JournalError::WriterStopped)?;
+        answer.await.map_err(|_| JournalError::WriterStopped)?
     }
+}
+
+/// [`Journal::settle`] inside the caller's transaction: an error leaves it for the caller to
+/// roll back.
+pub(super) async fn settle_in(
+    conn: &mut sqlx::SqliteConnection,
+    changes: &[ChangeId],
+    owner: &str,
+    settlement: &Settlement,
+    supersede: Option<(&str, &str, &str)>,
+    now: i64,
+) -> Result<(), JournalError> {
+    for link in &settlement.save {
+        save_link(&mut *conn, link, now).await?;
+    }
+    for (flow, left_id) in &settlement.remove {
+        sqlx::query("DELETE FROM links WHERE flow = ? AND left_id = ?")
+            .bind(flow)
+            .bind(left_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let detail = settlement.detail.to_string();
+    for id in changes {
+        let done = sqlx::query(
+            "UPDATE changes
+                SET status = 'done', outcome = ?, detail = ?, lease_owner = NULL,
+                    lease_expires_at = NULL, last_error = NULL, updated_at = ?
+              WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+        )
+        .bind(&settlement.outcome)
+        .bind(&detail)
+        .bind(now)
+        .bind(id.0)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+        lease_held(*id, done.rows_affected())?;
+    }
+    if let Some(record) = supersede {
+        super::dead_letters::supersede_in(conn, record, now).await?;
+    }
+    Ok(())
 }

@@ -192,9 +192,11 @@ impl Journal {
         watermark: Option<Watermark>,
     ) -> Result<Vec<Appended>, JournalError> {
         let (reply, answer) = oneshot::channel();
+        let snapshots = changes.iter().map(|c| c.snapshot.to_string()).collect();
         self.writer
             .send(writer::Message::Append(writer::Request {
                 changes,
+                snapshots,
                 watermark,
                 reply,
             }))

@@ -46,43 +46,152 @@ impl Journal {
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
         let now = now_ms();
-        let (mode, list) = match objects {
-            Objects::All => (0, "[]".to_string()),
-            Objects::Only(list) => (1, serde_json::to_string(list).unwrap_or_default()),
-            Objects::Except(list) => (2, serde_json::to_string(list).unwrap_or_default()),
+        // Read first, on a pooled connection and outside any write transaction: each object's
+        // first due changes, oldest first, seeking in `idx_changes_connector_status_object_id`
+        // (work proportional to what is claimed, not to the backlog).
+        let connectors = match connector {
+            Some(connector) => vec![connector.to_string()],
+            None => self.connectors_with_changes().await?,
         };
+        let mut candidates: Vec<i64> = Vec::new();
+        for connector in &connectors {
+            let names: Vec<String> = match objects {
+                Objects::Only(list) => list.to_vec(),
+                Objects::All => self.objects_unsettled(connector).await?,
+                Objects::Except(list) => self
+                    .objects_unsettled(connector)
+                    .await?
+                    .into_iter()
+                    .filter(|o| !list.contains(o))
+                    .collect(),
+            };
+            for object in &names {
+                for (status, due_column) in [
+                    ("pending", "next_attempt_at"),
+                    ("in_flight", "lease_expires_at"),
+                ] {
+                    let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                        "SELECT c.id FROM changes c INDEXED BY idx_changes_connector_status_object_id
+                          WHERE c.connector = ?1 AND c.status = '{status}' AND c.object = ?2
+                            AND c.{due_column} <= ?3
+                            AND NOT EXISTS (
+                                SELECT 1 FROM changes e
+                                 WHERE e.connector = c.connector AND e.object = c.object
+                                   AND e.record_id = c.record_id AND e.id < c.id
+                                   AND e.status IN ('pending', 'in_flight'))
+                          ORDER BY c.id
+                          LIMIT ?4"
+                    ))
+                    .bind(connector)
+                    .bind(object)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?;
+                    candidates.extend(ids);
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        candidates.sort_unstable();
+        candidates.truncate(limit as usize);
+        // Then take them in one short write that checks again that each is still claimable
+        // (another claimer may have been quicker): the write lock is held for a few rows only.
+        let ids = serde_json::to_string(&candidates).unwrap_or_else(|_| "[]".into());
         let rows = sqlx::query(
             "UPDATE changes
                 SET status = 'in_flight', lease_owner = ?1, lease_expires_at = ?2,
                     attempts = attempts + 1, updated_at = ?3
-              WHERE id IN (
-                    SELECT c.id FROM changes c
-                     WHERE (?5 IS NULL OR c.connector = ?5)
-                       AND (?6 = 0
-                         OR (?6 = 1 AND c.object IN (SELECT value FROM json_each(?7)))
-                         OR (?6 = 2 AND c.object NOT IN (SELECT value FROM json_each(?7))))
-                       AND ((c.status = 'pending' AND c.next_attempt_at <= ?3)
-                         OR (c.status = 'in_flight' AND c.lease_expires_at <= ?3))
-                       AND NOT EXISTS (
-                           SELECT 1 FROM changes e
-                            WHERE e.connector = c.connector AND e.object = c.object
-                              AND e.record_id = c.record_id AND e.id < c.id
-                              AND e.status IN ('pending', 'in_flight'))
-                     ORDER BY c.id
-                     LIMIT ?4)
+              WHERE id IN (SELECT value FROM json_each(?4))
+                AND ((+status = 'pending' AND +next_attempt_at <= ?3)
+                  OR (+status = 'in_flight' AND +lease_expires_at <= ?3))
+                AND NOT EXISTS (
+                    SELECT 1 FROM changes e
+                     WHERE e.connector = changes.connector AND e.object = changes.object
+                       AND e.record_id = changes.record_id AND e.id < changes.id
+                       AND e.status IN ('pending', 'in_flight'))
           RETURNING id, connector, object, record_id, op, snapshot, source_modified_at, origin,
                     received_at, dedupe_key, attempts, lease_expires_at",
         )
         .bind(owner)
         .bind(now + ms(lease))
         .bind(now)
-        .bind(i64::from(limit))
-        .bind(connector)
-        .bind(mode)
-        .bind(list)
+        .bind(ids)
         .fetch_all(self.pool())
         .await?;
         changes_from_rows(&rows)
+    }
+
+    /// Connectors that have any change, one index seek each.
+    async fn connectors_with_changes(&self) -> Result<Vec<String>, JournalError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let next: Option<String> = sqlx::query_scalar(
+                "SELECT connector FROM changes INDEXED BY idx_changes_connector_status_object_id
+                  WHERE connector > ? ORDER BY connector LIMIT 1",
+            )
+            .bind(&after)
+            .fetch_optional(self.pool())
+            .await?;
+            match next {
+                Some(connector) => {
+                    after = connector.clone();
+                    out.push(connector);
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Objects of `connector` with a pending or in-flight change, one index seek each.
+    async fn objects_unsettled(&self, connector: &str) -> Result<Vec<String>, JournalError> {
+        let mut out: Vec<String> = Vec::new();
+        for status in ["pending", "in_flight"] {
+            let mut after = String::new();
+            loop {
+                let next: Option<String> = sqlx::query_scalar(
+                    "SELECT MIN(object) FROM changes INDEXED BY idx_changes_connector_status_object_id
+                      WHERE connector = ? AND status = ? AND object > ?",
+                )
+                .bind(connector)
+                .bind(status)
+                .bind(&after)
+                .fetch_one(self.pool())
+                .await?;
+                match next {
+                    Some(object) => {
+                        after = object.clone();
+                        if !out.contains(&object) {
+                            out.push(object);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give back every change leased when this process starts: on SQLite one daemon owns the
+    /// database, so a lease still held is a dead process's (killed, or the machine lost), and
+    /// its changes are due again now rather than when the lease runs out (`dispatch.lease`, 2
+    /// minutes by default). The attempt stays counted, as for a stopped run: a create among
+    /// them may have reached the vendor, and looks for its marker first. Returns how many.
+    pub async fn release_leases(&self) -> Result<u64, JournalError> {
+        let now = now_ms();
+        let released = sqlx::query(
+            "UPDATE changes
+                SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                    next_attempt_at = ?1, updated_at = ?1
+              WHERE status = 'in_flight'",
+        )
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(released.rows_affected())
     }
 
     /// Settle a claimed change as done with `outcome` (written, echo, stale, ...).

@@ -6,6 +6,12 @@
 //! once (no timer: the batch is whatever arrived while the previous commit was on disk).
 //! If a group fails, its requests are retried one by one, so one bad request cannot fail its
 //! neighbours.
+//!
+//! Workers' settlements (a synced change marked done with its links) come through the same
+//! task: each runs in its own savepoint inside the group's transaction, so many settle in one
+//! commit, none waits for SQLite's write lock behind another (a pooled connection that finds
+//! the lock taken sleeps in SQLite's busy handler, 1 ms, then 2, 5, 10 ms …), and one whose
+//! lease was lost fails alone.
 
 use std::sync::Arc;
 
@@ -14,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::links::Settlement;
 use super::model::{Appended, ChangeId, NewChange, Watermark};
 use super::{now_ms, JournalError, JournalStats};
 
@@ -21,14 +28,28 @@ pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>, JournalError>>;
 
 pub(super) enum Message {
     Append(Request),
+    Settle(SettleRequest),
     /// Finish everything queued before this message, close the connection, then ack.
     Stop(oneshot::Sender<()>),
 }
 
 pub(super) struct Request {
     pub changes: Vec<NewChange>,
+    /// Each change's snapshot as JSON text, made by the caller: serialising is the costliest
+    /// part of a row, and this task is alone while callers are many.
+    pub snapshots: Vec<String>,
     pub watermark: Option<Watermark>,
     pub reply: Reply,
+}
+
+/// [`super::Journal::settle`]'s work, done by the writer.
+pub(super) struct SettleRequest {
+    pub changes: Vec<ChangeId>,
+    pub owner: String,
+    pub settlement: Settlement,
+    /// (connector, object, record id) whose open dead letters are superseded.
+    pub supersede: Option<(String, String, String)>,
+    pub reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
 pub(super) async fn run(
@@ -38,23 +59,38 @@ pub(super) async fn run(
     stats: Arc<JournalStats>,
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch.min(4096));
+    let mut settles: Vec<SettleRequest> = Vec::new();
     let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // A settlement that did not fit in the last group: the first of the next.
+    let mut carried: Option<Message> = None;
+    loop {
+        let first = match carried.take() {
+            Some(message) => message,
+            None => match rx.recv().await {
+                Some(message) => message,
+                None => break,
+            },
+        };
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Append(request) => batch.push(request),
+                Message::Settle(request) if settles.len() >= max_batch.min(SETTLES_PER_GROUP) => {
+                    carried = Some(Message::Settle(request));
+                    break;
+                }
+                Message::Settle(request) => settles.push(request),
                 Message::Stop(ack) => {
                     stops.push(ack);
                     break;
                 }
             }
-            if batch.len() < max_batch {
+            if batch.len() + settles.len() < max_batch {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            commit(&mut conn, &mut batch, &stats).await;
+        if !batch.is_empty() || !settles.is_empty() {
+            commit(&mut conn, &mut batch, &mut settles, &stats).await;
         }
         if !stops.is_empty() {
             break;
@@ -75,6 +111,11 @@ pub(super) async fn run(
     }
 }
 
+/// Settlements per group: each is a few statements, so a group of them holds the write lock
+/// (and the appends queued behind it) for a while; this keeps a group's commit to milliseconds
+/// and lets the first settlements of a burst commit without waiting for the last.
+const SETTLES_PER_GROUP: usize = 64;
+
 /// Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's 32,766 limit.
 const ROWS_PER_STATEMENT: usize = 256;
 
@@ -82,19 +123,28 @@ const ROWS_PER_STATEMENT: usize = 256;
 ///
 /// The happy path is a handful of statements for the whole group. If the group fails, each of its
 /// requests is retried alone, so one bad request cannot take its neighbours down with it.
-async fn commit(conn: &mut SqliteConnection, batch: &mut Vec<Request>, stats: &JournalStats) {
-    let results: Vec<Result<Vec<Appended>, JournalError>> = match write_group(conn, batch).await {
-        Ok(results) => {
+async fn commit(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Request>,
+    settles: &mut Vec<SettleRequest>,
+    stats: &JournalStats,
+) {
+    type Results = (
+        Vec<Result<Vec<Appended>, JournalError>>,
+        Vec<Result<(), JournalError>>,
+    );
+    let (appended, settled): Results = match write_group(conn, batch, settles).await {
+        Ok((appended, settled)) => {
             stats.commits.inc();
-            results.into_iter().map(Ok).collect()
+            (appended.into_iter().map(Ok).collect(), settled)
         }
-        Err(error) if batch.len() > 1 => {
-            tracing::warn!(%error, requests = batch.len(), "group commit failed; retrying each request alone");
-            let mut results = Vec::with_capacity(batch.len());
+        Err(error) if batch.len() + settles.len() > 1 => {
+            tracing::warn!(%error, requests = batch.len() + settles.len(), "group commit failed; retrying each request alone");
+            let mut appended = Vec::with_capacity(batch.len());
             for request in batch.iter() {
-                results.push(
-                    match write_group(conn, std::slice::from_ref(request)).await {
-                        Ok(mut one) => {
+                appended.push(
+                    match write_group(conn, std::slice::from_ref(request), &[]).await {
+                        Ok((mut one, _)) => {
                             stats.commits.inc();
                             Ok(one.pop().unwrap_or_default())
                         }
@@ -105,14 +155,39 @@ async fn commit(conn: &mut SqliteConnection, batch: &mut Vec<Request>, stats: &J
                     },
                 );
             }
-            results
+            let mut settled = Vec::with_capacity(settles.len());
+            for request in settles.iter() {
+                settled.push(
+                    match write_group(conn, &[], std::slice::from_ref(request)).await {
+                        Ok((_, mut one)) => {
+                            stats.commits.inc();
+                            one.pop().unwrap_or(Ok(()))
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "journal commit failed");
+                            Err(JournalError::CommitFailed(Arc::new(error)))
+                        }
+                    },
+                );
+            }
+            (appended, settled)
         }
         Err(error) => {
             tracing::error!(%error, "journal commit failed");
-            vec![Err(JournalError::CommitFailed(Arc::new(error)))]
+            let error = Arc::new(error);
+            (
+                batch
+                    .iter()
+                    .map(|_| Err(JournalError::CommitFailed(error.clone())))
+                    .collect(),
+                settles
+                    .iter()
+                    .map(|_| Err(JournalError::CommitFailed(error.clone())))
+                    .collect(),
+            )
         }
     };
-    for appended in results.iter().flatten() {
+    for appended in appended.iter().flatten() {
         stats.committed_requests.inc();
         for appended in appended {
             match appended {
@@ -121,23 +196,40 @@ async fn commit(conn: &mut SqliteConnection, batch: &mut Vec<Request>, stats: &J
             };
         }
     }
+    for _ in settled.iter().flatten() {
+        stats.committed_requests.inc();
+    }
     // Answer only now: every Ok below is durable.
-    for (request, result) in batch.drain(..).zip(results) {
+    for (request, result) in batch.drain(..).zip(appended) {
+        let _ = request.reply.send(result);
+    }
+    for (request, result) in settles.drain(..).zip(settled) {
         let _ = request.reply.send(result);
     }
 }
 
-/// One transaction for `requests`; on error it is rolled back and nothing is kept.
+/// One transaction for `requests` and `settles`; on error it is rolled back and nothing is
+/// kept. A settlement that fails (its lease was lost) is rolled back to its savepoint and
+/// answered with its error; the others still commit.
 async fn write_group(
     conn: &mut SqliteConnection,
     requests: &[Request],
-) -> Result<Vec<Vec<Appended>>, sqlx::Error> {
+    settles: &[SettleRequest],
+) -> Result<(Vec<Vec<Appended>>, Vec<Result<(), JournalError>>), sqlx::Error> {
     // IMMEDIATE takes the write lock up front, so the busy timeout applies here and not to a
     // half-done transaction.
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     let written = async {
-        let changes: Vec<&NewChange> = requests.iter().flat_map(|r| &r.changes).collect();
-        let mut appended = insert_changes(conn, &changes, now_ms()).await?.into_iter();
+        let now = now_ms();
+        let changes: Vec<(&NewChange, &str)> = requests
+            .iter()
+            .flat_map(|r| r.changes.iter().zip(r.snapshots.iter().map(String::as_str)))
+            .collect();
+        let mut appended = if changes.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            insert_changes(conn, &changes, now).await?.into_iter()
+        };
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
             results.push(appended.by_ref().take(request.changes.len()).collect());
@@ -145,8 +237,32 @@ async fn write_group(
                 advance_watermark(conn, mark).await?;
             }
         }
+        let mut settled = Vec::with_capacity(settles.len());
+        for request in settles {
+            sqlx::query("SAVEPOINT settle").execute(&mut *conn).await?;
+            let supersede = request
+                .supersede
+                .as_ref()
+                .map(|(c, o, r)| (c.as_str(), o.as_str(), r.as_str()));
+            let result = super::links::settle_in(
+                conn,
+                &request.changes,
+                &request.owner,
+                &request.settlement,
+                supersede,
+                now,
+            )
+            .await;
+            if result.is_err() {
+                sqlx::query("ROLLBACK TO settle")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::query("RELEASE settle").execute(&mut *conn).await?;
+            settled.push(result);
+        }
         sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok(results)
+        Ok((results, settled))
     }
     .await;
     if written.is_err() {
@@ -162,7 +278,7 @@ async fn write_group(
 /// new and which already existed — including repeats within `changes` itself.
 async fn insert_changes(
     conn: &mut SqliteConnection,
-    changes: &[&NewChange],
+    changes: &[(&NewChange, &str)],
     now: i64,
 ) -> Result<Vec<Appended>, sqlx::Error> {
     let mut inserted: HashMap<String, i64> = HashMap::with_capacity(changes.len());
@@ -171,12 +287,12 @@ async fn insert_changes(
             "INSERT INTO changes (connector, object, record_id, op, snapshot, source_modified_at, \
              origin, received_at, dedupe_key, next_attempt_at, updated_at) ",
         );
-        query.push_values(chunk, |mut row, change| {
+        query.push_values(chunk, |mut row, (change, snapshot)| {
             row.push_bind(&change.connector)
                 .push_bind(&change.object)
                 .push_bind(&change.record_id)
                 .push_bind(change.op.as_str())
-                .push_bind(change.snapshot.to_string())
+                .push_bind(*snapshot)
                 .push_bind(change.source_modified_at)
                 .push_bind(change.origin.as_str())
                 .push_bind(now)
@@ -191,7 +307,7 @@ async fn insert_changes(
     // Keys that were already stored before this group.
     let missing: Vec<&str> = changes
         .iter()
-        .map(|c| c.dedupe_key.as_str())
+        .map(|(c, _)| c.dedupe_key.as_str())
         .filter(|k| !inserted.contains_key(*k))
         .collect();
     let mut existing: HashMap<String, i64> = HashMap::with_capacity(missing.len());
@@ -209,7 +325,7 @@ async fn insert_changes(
     let mut first_seen: HashSet<&str> = HashSet::with_capacity(changes.len());
     changes
         .iter()
-        .map(|change| {
+        .map(|(change, _)| {
             let key = change.dedupe_key.as_str();
             match inserted.get(key) {
                 Some(&id) if first_seen.insert(key) => Ok(Appended::New(ChangeId(id))),
