@@ -971,6 +971,34 @@ async fn the_points_budget_answers_429_with_retry_after_and_rate_limit_headers()
 }
 
 #[tokio::test]
+async fn the_burst_limit_is_per_endpoint_and_second_and_answers_429_burst_based() {
+    let site = Site::with(Options {
+        burst_limit: 3,
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let ok = site.get("/rest/api/3/myself").send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        // No quota here: the quota's headers stay away.
+        assert!(ok.headers().get("x-ratelimit-remaining").is_none());
+    }
+    let limited = site.get("/rest/api/3/myself").send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limited.headers()["ratelimit-reason"], "jira-burst-based");
+    let (_, error) = body(limited).await;
+    assert!(error["errorMessages"].is_array());
+    // Another endpoint has its own second.
+    let other = site.get("/rest/api/3/issue/SUP-1").send().await.unwrap();
+    assert_ne!(other.status(), 429);
+    // The next second starts afresh.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    let again = site.get("/rest/api/3/myself").send().await.unwrap();
+    assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
 async fn injected_faults_are_vendor_shaped_and_calls_are_counted_by_endpoint() {
     let site = Site::start().await;
     site.create("count me").await;

@@ -257,9 +257,12 @@ impl Journal {
         lease: Duration,
     ) -> Result<Vec<Change>, JournalError> {
         // Usually there are none: look before taking the write lock (an UPDATE of no rows
-        // still takes it, and waits for it behind the journal writer).
+        // still takes it, and waits for it behind the journal writer). Both statements name the
+        // record index: left to itself the planner takes the (connector, status, object) one
+        // for `status = 'pending' AND id > ?` and walks every later pending change of the
+        // object, which under a backlog of 100,000 cost ~20 ms per synced change.
         let any: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM changes
+            "SELECT 1 FROM changes INDEXED BY idx_changes_connector_object_record_id_id
               WHERE connector = ? AND object = ? AND record_id = ? AND id > ? AND status = 'pending'
               LIMIT 1",
         )
@@ -274,7 +277,7 @@ impl Journal {
         }
         let now = now_ms();
         let rows = sqlx::query(
-            "UPDATE changes
+            "UPDATE changes INDEXED BY idx_changes_connector_object_record_id_id
                 SET status = 'in_flight', lease_owner = ?1, lease_expires_at = ?2,
                     attempts = attempts + 1, updated_at = ?3
               WHERE connector = ?4 AND object = ?5 AND record_id = ?6 AND id > ?7

@@ -50,6 +50,10 @@ pub struct Options {
     /// Length of the rate-limit window.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub rate_window: Duration,
+    /// Jira's burst limit: calls per second to each endpoint and method, above which it answers
+    /// 429 `jira-burst-based` with `Retry-After` (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub burst_limit: u64,
     /// Register a webhook for every event at start (repeatable).
     #[arg(long = "webhook")]
     pub webhooks: Vec<String>,
@@ -75,6 +79,7 @@ impl Default for Options {
             seed_file: None,
             rate_limit: 0,
             rate_window: Duration::from_secs(60),
+            burst_limit: 0,
             webhooks: Vec::new(),
             webhook_secret: None,
             webhook_retry_delay: Duration::from_secs(1),
@@ -150,6 +155,7 @@ impl JiraSim {
                 options.rate_limit,
                 options.rate_window,
             ))),
+            burst: Arc::new(Mutex::new(routes::BurstLimit::new(options.burst_limit))),
         };
         let dump_sim = sim.clone();
         let dump: control::StateDump = Arc::new(move || state_dump(&dump_sim));

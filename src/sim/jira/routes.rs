@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +27,7 @@ pub struct Sim {
     pub outbox: Arc<Outbox>,
     pub control: Arc<Control>,
     pub limiter: Arc<Mutex<RateWindow>>,
+    pub burst: Arc<Mutex<BurstLimit>>,
 }
 
 impl Sim {
@@ -64,6 +65,44 @@ impl RateWindow {
             started: Instant::now(),
             used: 0,
         }
+    }
+}
+
+/// Jira's per-second burst limit, per endpoint and method: above `limit` calls in a one-second
+/// window, 429 with `Retry-After` and `RateLimit-Reason: jira-burst-based`; `limit = 0` turns it
+/// off. Unlike the points quota it sends no `X-RateLimit-*` headers on the calls it lets through
+/// (Atlassian documents those for the quota; what a burst-limited answer carries besides
+/// `Retry-After` and the reason is not confirmed). The real defaults (about 100/s for GET and
+/// POST, 50/s for PUT and DELETE) are unconfirmed too; here one limit applies to each endpoint.
+pub struct BurstLimit {
+    pub limit: u64,
+    windows: HashMap<(Method, String), (Instant, u64)>,
+}
+
+impl BurstLimit {
+    pub fn new(limit: u64) -> Self {
+        BurstLimit {
+            limit,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Spend one call on `endpoint`; `Err(wait)` when its second is used up.
+    fn spend(&mut self, endpoint: (Method, String)) -> Result<(), Duration> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (started, used) = self.windows.entry(endpoint).or_insert((now, 0));
+        if now.duration_since(*started) >= Duration::from_secs(1) {
+            *started = now;
+            *used = 0;
+        }
+        if *used >= self.limit {
+            return Err(Duration::from_secs(1).saturating_sub(now.duration_since(*started)));
+        }
+        *used += 1;
+        Ok(())
     }
 }
 
@@ -260,6 +299,22 @@ enum Budget {
 
 /// Count every call against the window's budget and report it in Jira's headers.
 async fn rate_limit(State(sim): State<Sim>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_string(),
+            |p| p.as_str().to_string(),
+        );
+    let burst = sim
+        .burst
+        .lock()
+        .expect("burst lock")
+        .spend((request.method().clone(), endpoint));
+    if let Err(wait) = burst {
+        // Retry-After is whole seconds: the rest of this second rounds up to 1.
+        return sim.control.rate_limited(wait.as_secs().max(1));
+    }
     match spend(&sim) {
         Budget::Unlimited => next.run(request).await,
         Budget::Exhausted(response) => response,
