@@ -593,3 +593,30 @@ async fn a_claim_finds_due_changes_behind_a_large_backlog_of_objects_it_leaves_a
     );
     journal.close().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_is_woken_by_new_changes_it_would_claim_and_by_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(&dir, "").await;
+    let woken = journal.subscribe("jira", &["comment".to_string()]);
+    let wakes = || async {
+        tokio::time::timeout(Duration::from_millis(200), woken.notified())
+            .await
+            .is_ok()
+    };
+    // Another connector's change, and one of an object it leaves to others: no wake.
+    let mut other = change("1", "other");
+    other.connector = "salesforce".into();
+    journal.append(other).await.unwrap();
+    let mut left = change("2", "left");
+    left.object = "comment".into();
+    journal.append(left).await.unwrap();
+    assert!(!wakes().await);
+    // Its own kind, committed while nobody waits: the wake is kept for the next wait.
+    journal.append(change("3", "mine")).await.unwrap();
+    assert!(wakes().await);
+    // A duplicate stores nothing new, so it wakes nobody.
+    journal.append(change("3", "mine")).await.unwrap();
+    assert!(!wakes().await);
+    journal.close().await;
+}

@@ -342,6 +342,31 @@ async fn an_issue_becomes_a_case_and_a_case_becomes_an_issue() {
 }
 
 #[tokio::test]
+async fn new_work_wakes_an_idle_dispatcher_instead_of_waiting_for_its_next_look() {
+    // An hour between looks: only the wake-up on commit can deliver these in time.
+    let flow = FLOW.replace("idle_wait = \"10ms\"", "idle_wait = \"1h\"");
+    let world = World::start_with(&flow, "").await;
+    // Both dispatchers have had their first look and are idle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let issue = world
+        .create_issue(json!({ "summary": "Wake up", "priority": {"name": "Low"} }))
+        .await;
+    let case = world.wait_counterpart(Some(&issue), None).await;
+    assert_eq!(world.sims.sf.record(&case).unwrap()["Subject"], "Wake up");
+    world
+        .sims
+        .sf
+        .update("Case", &case, json!({ "Subject": "Awake" }))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while world.issue(&issue).await["fields"]["summary"] != "Awake" {
+        assert!(Instant::now() < deadline, "the edit never reached Jira");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    world.stop().await;
+}
+
+#[tokio::test]
 async fn edits_follow_both_ways_and_each_comes_back_as_an_echo_not_a_write() {
     let world = World::start("").await;
     let (case, issue) = world

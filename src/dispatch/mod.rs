@@ -420,6 +420,9 @@ pub fn spawn(
             settings.dispatch.clone(),
         );
         dispatcher.scheduled_only = scheduled_only(&settings, name);
+        // Woken by new work the moment it is committed; `idle_wait` still paces the look for
+        // work that comes due by time (retries, deferrals, expired leases).
+        let woken = journal.subscribe(name, &dispatcher.scheduled_only);
         let dispatcher = Arc::new(dispatcher);
         let shutdown = shutdown.clone();
         let idle = settings.dispatch.idle_wait;
@@ -440,6 +443,7 @@ pub fn spawn(
                 if !wait.is_zero() {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
+                        () = woken.notified() => {}
                         () = shutdown.cancelled() => return,
                     }
                 }

@@ -81,12 +81,48 @@ pub struct JournalStats {
     pub duplicates: Counter,
 }
 
+/// Workers to wake when their kind of change is committed: see [`Journal::subscribe`].
+#[derive(Default)]
+pub(crate) struct Wakers(std::sync::Mutex<Vec<Waker>>);
+
+struct Waker {
+    connector: String,
+    except: Vec<String>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Wakers {
+    /// Wake whoever takes a new change of these (connector, object) pairs.
+    pub(crate) fn wake<'a>(&self, new: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let wakers = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if wakers.is_empty() {
+            return;
+        }
+        let mut woken = vec![false; wakers.len()];
+        for (connector, object) in new {
+            for (waker, woken) in wakers.iter().zip(woken.iter_mut()) {
+                if !*woken
+                    && waker.connector == connector
+                    && !waker.except.iter().any(|o| o == object)
+                {
+                    waker.notify.notify_one();
+                    *woken = true;
+                }
+            }
+        }
+    }
+}
+
 /// Handle to the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     pool: SqlitePool,
     writer: mpsc::Sender<writer::Message>,
     stats: Arc<JournalStats>,
+    wakers: Arc<Wakers>,
     writer_task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -137,10 +173,18 @@ impl Journal {
         } else {
             1
         };
-        let task = tokio::spawn(writer::run(conn, rx, max_batch, stats.clone()));
+        let wakers = Arc::new(Wakers::default());
+        let task = tokio::spawn(writer::run(
+            conn,
+            rx,
+            max_batch,
+            stats.clone(),
+            wakers.clone(),
+        ));
         Ok(Journal {
             pool,
             writer: tx,
+            wakers,
             stats,
             writer_task: Arc::new(std::sync::Mutex::new(Some(task))),
         })
@@ -177,6 +221,24 @@ impl Journal {
 
     pub fn stats(&self) -> &JournalStats {
         &self.stats
+    }
+
+    /// A wake-up for each commit that stores a new change of `connector` to an object outside
+    /// `except`: an idle worker waits on it beside its timer and claims new work as soon as it
+    /// is durable instead of at its next look. A commit while nobody waits leaves one permit,
+    /// so none is missed; changes it leaves to others (`except`) never wake it.
+    pub fn subscribe(&self, connector: &str, except: &[String]) -> Arc<tokio::sync::Notify> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        self.wakers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Waker {
+                connector: connector.to_string(),
+                except: except.to_vec(),
+                notify: notify.clone(),
+            });
+        notify
     }
 
     /// Store one change durably; returns once it is committed.

@@ -57,6 +57,7 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<Message>,
     max_batch: usize,
     stats: Arc<JournalStats>,
+    wakers: Arc<super::Wakers>,
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch.min(4096));
     let mut settles: Vec<SettleRequest> = Vec::new();
@@ -90,7 +91,7 @@ pub(super) async fn run(
             }
         }
         if !batch.is_empty() || !settles.is_empty() {
-            commit(&mut conn, &mut batch, &mut settles, &stats).await;
+            commit(&mut conn, &mut batch, &mut settles, &stats, &wakers).await;
         }
         if !stops.is_empty() {
             break;
@@ -128,6 +129,7 @@ async fn commit(
     batch: &mut Vec<Request>,
     settles: &mut Vec<SettleRequest>,
     stats: &JournalStats,
+    wakers: &super::Wakers,
 ) {
     type Results = (
         Vec<Result<Vec<Appended>, JournalError>>,
@@ -199,7 +201,16 @@ async fn commit(
     for _ in settled.iter().flatten() {
         stats.committed_requests.inc();
     }
-    // Answer only now: every Ok below is durable.
+    // Every Ok below is durable: wake the workers for the new changes, then answer.
+    wakers.wake(batch.iter().zip(&appended).flat_map(|(request, result)| {
+        let results = result.as_deref().unwrap_or_default();
+        request
+            .changes
+            .iter()
+            .zip(results)
+            .filter(|(_, appended)| matches!(appended, Appended::New(_)))
+            .map(|(change, _)| (change.connector.as_str(), change.object.as_str()))
+    }));
     for (request, result) in batch.drain(..).zip(appended) {
         let _ = request.reply.send(result);
     }
