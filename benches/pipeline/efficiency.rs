@@ -232,41 +232,16 @@ pub fn run(options: &Options) -> Value {
         "efficiency: {edits} edits to {records} records in bursts of {BURSTS:?} (10 ms apart), half in Jira, half in Salesforce"
     );
 
-    // Realtime.
-    let world = Arc::new(server.block_on(realtime::start(records, "")));
-    println!(
-        "  realtime setup (the daemon syncing {records} new issues): {:.1}s",
-        world.setup.as_secs_f64()
+    // Realtime, on the default dispatch settings and with no coalescing window.
+    let realtime = realtime_run(&server, &client, records, edits, bursts_per_second, "");
+    let realtime_at_once = realtime_run(
+        &server,
+        &client,
+        records,
+        edits,
+        bursts_per_second,
+        "[dispatch]\ncoalesce = \"0s\"\n",
     );
-    let realtime = client.block_on(async {
-        world.sims.reset_calls();
-        let since = last_change(&world).await;
-        let started = Instant::now();
-        let human = edit(&world, edits, bursts_per_second, "realtime").await;
-        let edited_in = started.elapsed();
-        realtime::settle(&world.sims, &world.daemon).await;
-        let drained_in = started.elapsed();
-        let counted = count(&world, human);
-        let outcomes = outcomes(&world, since).await;
-        json!({
-            "edits": edits,
-            "records": records,
-            "edits_seconds": edited_in.as_secs_f64(),
-            "drained_seconds": drained_in.as_secs_f64(),
-            "api_calls": counted.tandem_calls,
-            "calls_per_edit": counted.tandem_calls as f64 / edits as f64,
-            "by_endpoint": counted.by_endpoint,
-            "journal_outcomes": outcomes,
-            "diverged_records": diverged(&world),
-        })
-    });
-    let world = Arc::try_unwrap(world)
-        .ok()
-        .expect("no edit task holds the world");
-    server.block_on(async move {
-        world.daemon.stop().await;
-        world.sims.stop().await;
-    });
 
     // Scheduled.
     let world = Arc::new(server.block_on(scheduled_world(records)));
@@ -319,11 +294,67 @@ pub fn run(options: &Options) -> Value {
     };
     print_table(
         &["mode", "edits", "API calls", "calls/edit", "diverged"],
-        &[row("realtime", &realtime), row("scheduled", &scheduled)],
+        &[
+            row("realtime", &realtime),
+            row("realtime, coalesce 0s", &realtime_at_once),
+            row("scheduled", &scheduled),
+        ],
     );
-    for (name, r) in [("realtime", &realtime), ("scheduled", &scheduled)] {
+    for (name, r) in [
+        ("realtime", &realtime),
+        ("realtime, coalesce 0s", &realtime_at_once),
+        ("scheduled", &scheduled),
+    ] {
         println!("  {name} calls by endpoint: {}", r["by_endpoint"]);
         println!("  {name} journal outcomes: {}", r["journal_outcomes"]);
     }
-    json!({ "realtime": realtime, "scheduled": scheduled })
+    json!({ "realtime": realtime, "realtime_coalesce_0s": realtime_at_once, "scheduled": scheduled })
+}
+
+/// The realtime flow with `extra` settings: the edits, then until every change is settled and
+/// every notification delivered.
+fn realtime_run(
+    server: &tokio::runtime::Runtime,
+    client: &tokio::runtime::Runtime,
+    records: usize,
+    edits: usize,
+    bursts_per_second: u32,
+    extra: &str,
+) -> Value {
+    let world = Arc::new(server.block_on(realtime::start(records, extra)));
+    println!(
+        "  realtime setup (the daemon syncing {records} new issues): {:.1}s",
+        world.setup.as_secs_f64()
+    );
+    let result = client.block_on(async {
+        world.sims.reset_calls();
+        let since = last_change(&world).await;
+        let started = Instant::now();
+        let human = edit(&world, edits, bursts_per_second, "realtime").await;
+        let edited_in = started.elapsed();
+        realtime::settle(&world.sims, &world.daemon).await;
+        let drained_in = started.elapsed();
+        let counted = count(&world, human);
+        let outcomes = outcomes(&world, since).await;
+        json!({
+            "settings": extra,
+            "edits": edits,
+            "records": records,
+            "edits_seconds": edited_in.as_secs_f64(),
+            "drained_seconds": drained_in.as_secs_f64(),
+            "api_calls": counted.tandem_calls,
+            "calls_per_edit": counted.tandem_calls as f64 / edits as f64,
+            "by_endpoint": counted.by_endpoint,
+            "journal_outcomes": outcomes,
+            "diverged_records": diverged(&world),
+        })
+    });
+    let world = Arc::try_unwrap(world)
+        .ok()
+        .expect("no edit task holds the world");
+    server.block_on(async move {
+        world.daemon.stop().await;
+        world.sims.stop().await;
+    });
+    result
 }

@@ -3,9 +3,10 @@
 //! `SystemModstamp`). Both timestamps come from the emulators' own clocks in this process, so
 //! the bench's polling interval does not enter the figure. The emulators add no latency.
 //!
-//! Run on the default dispatch settings, then with `dispatch.idle_wait = "10ms"`: an idle
-//! dispatcher looks for work every `idle_wait` (200 ms by default), which is a floor under the
-//! latency of a change that arrives while it sleeps.
+//! Run on the default dispatch settings, then with `dispatch.coalesce = "0s"`: an idle
+//! dispatcher is woken by a new change's commit and waits `coalesce` (50 ms by default) for the
+//! rest of a burst before claiming, which is a floor under the latency of a change to a quiet
+//! record.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -116,8 +117,8 @@ pub fn run(options: &Options) -> Value {
     let seconds: u64 = knob("BENCH_LATENCY_SECONDS", if options.quick { 4 } else { 10 });
     let records: usize = knob("BENCH_LATENCY_RECORDS", 500);
     let variants = [
-        ("default (idle_wait 200ms)", ""),
-        ("idle_wait 10ms", "[dispatch]\nidle_wait = \"10ms\"\n"),
+        ("default (coalesce 50ms)", ""),
+        ("coalesce 0s", "[dispatch]\ncoalesce = \"0s\"\n"),
     ];
     println!(
         "latency: {rate} Jira edits/s for {seconds}s over {records} linked records, median of {}",

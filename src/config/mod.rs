@@ -142,6 +142,11 @@ pub struct DispatchSettings {
     /// How long a worker with nothing to do waits before looking again. Default `200ms`.
     #[serde(with = "types::duration")]
     pub idle_wait: Duration,
+    /// How long an idle worker woken by new work waits before claiming it, so that a burst of
+    /// edits to one record goes out as one write: freshness traded for API calls. `0s` claims
+    /// at once. Default `50ms`.
+    #[serde(with = "types::duration")]
+    pub coalesce: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

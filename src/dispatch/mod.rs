@@ -426,6 +426,7 @@ pub fn spawn(
         let dispatcher = Arc::new(dispatcher);
         let shutdown = shutdown.clone();
         let idle = settings.dispatch.idle_wait;
+        let coalesce = settings.dispatch.coalesce;
         tasks.spawn(async move {
             loop {
                 let claimed = tokio::select! {
@@ -441,10 +442,18 @@ pub fn spawn(
                     }
                 };
                 if !wait.is_zero() {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = woken.notified() => {}
+                    let woken = tokio::select! {
+                        () = tokio::time::sleep(wait) => false,
+                        () = woken.notified() => true,
                         () = shutdown.cancelled() => return,
+                    };
+                    // The first edit of a burst wakes the worker; the rest of the burst
+                    // arrives while it waits and is coalesced into the same claim.
+                    if woken && !coalesce.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(coalesce) => {}
+                            () = shutdown.cancelled() => return,
+                        }
                     }
                 }
             }
