@@ -275,13 +275,7 @@ pub fn run(options: &Options) -> Value {
             "diverged_records": diverged(&world),
         })
     });
-    let world = Arc::try_unwrap(world)
-        .ok()
-        .expect("no edit task holds the world");
-    server.block_on(async move {
-        world.daemon.stop().await;
-        world.sims.stop().await;
-    });
+    stop(&server, world);
 
     let row = |name: &str, r: &Value| {
         vec![
@@ -309,6 +303,17 @@ pub fn run(options: &Options) -> Value {
         println!("  {name} journal outcomes: {}", r["journal_outcomes"]);
     }
     json!({ "realtime": realtime, "realtime_coalesce_0s": realtime_at_once, "scheduled": scheduled })
+}
+
+/// Stop the daemon and the emulators once the edit tasks are done with them.
+fn stop(server: &tokio::runtime::Runtime, world: Arc<World>) {
+    let world = Arc::try_unwrap(world)
+        .ok()
+        .expect("no edit task holds the world");
+    server.block_on(async move {
+        world.daemon.stop().await;
+        world.sims.stop().await;
+    });
 }
 
 /// The realtime flow with `extra` settings: the edits, then until every change is settled and
@@ -349,12 +354,6 @@ fn realtime_run(
             "diverged_records": diverged(&world),
         })
     });
-    let world = Arc::try_unwrap(world)
-        .ok()
-        .expect("no edit task holds the world");
-    server.block_on(async move {
-        world.daemon.stop().await;
-        world.sims.stop().await;
-    });
+    stop(server, world);
     result
 }
