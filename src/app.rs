@@ -216,15 +216,25 @@ impl Application {
                 }
             });
         }
-        // One daemon owns a SQLite journal: what is still leased is a dead process's.
-        match journal.release_leases().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                changes = n,
-                "took back changes a previous run left in flight"
-            ),
+        // One daemon owns a SQLite journal: what is still leased or running is a dead process's.
+        match journal.take_over().await {
+            Ok(taken) => {
+                for (run, flow) in &taken.runs {
+                    tracing::warn!(
+                        flow,
+                        run,
+                        "a run of a previous process was interrupted; it is caught up now"
+                    );
+                }
+                if taken.changes > 0 {
+                    tracing::info!(
+                        changes = taken.changes,
+                        "took back changes a previous process left in flight"
+                    );
+                }
+            }
             Err(error) => {
-                tracing::warn!(%error, "could not take back changes left in flight; their leases will expire")
+                tracing::warn!(%error, "could not take over from a previous process; its leases will expire")
             }
         }
         let mut dispatchers = crate::dispatch::spawn(

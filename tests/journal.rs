@@ -531,7 +531,7 @@ async fn concurrent_settlements_share_commits_and_one_with_a_lost_lease_fails_al
 }
 
 #[tokio::test]
-async fn leases_left_by_a_dead_process_are_taken_back_at_once_with_their_attempt_counted() {
+async fn leases_and_runs_left_by_a_dead_process_are_taken_over_at_once_with_attempts_counted() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open_journal(&dir, "").await;
     let id = journal.append(change("1", "a")).await.unwrap().id();
@@ -539,7 +539,15 @@ async fn leases_left_by_a_dead_process_are_taken_back_at_once_with_their_attempt
     assert_eq!(claimed.len(), 1);
     assert!(journal.claim("next", 10, LEASE).await.unwrap().is_empty());
 
-    assert_eq!(journal.release_leases().await.unwrap(), 1);
+    let run = journal
+        .start_run("nightly", "dead-worker", "schedule", 0)
+        .await
+        .unwrap();
+    let taken = journal.take_over().await.unwrap();
+    assert_eq!(taken.changes, 1);
+    assert_eq!(taken.runs, vec![(run, "nightly".to_string())]);
+    let interrupted = journal.run(run).await.unwrap().unwrap();
+    assert_eq!(interrupted.status, "interrupted");
     let again = journal.claim("next", 10, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, id);

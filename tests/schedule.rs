@@ -470,18 +470,25 @@ async fn a_run_killed_half_way_is_resumed_by_the_next_without_duplicates() {
         .await
         .unwrap();
 
-    // The next daemon on the same database: the dead run is recognised once its heartbeat
-    // is older than the lease, and its changes are taken by the next run.
+    // The next daemon on the same database owns it (its lock), so it takes over at once: the
+    // dead run is marked interrupted and its leases released at start, without waiting for its
+    // heartbeat to age, and the run is caught up straight away.
     let settings = common::settings_in(dir.path(), &config);
     let app = common::spawn_with(settings, dir).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    reset_calls(&sims.sf.base_url()).await;
-    let resumed = run(&app).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let catch_up = loop {
+        let (_, flow) = admin(&app, reqwest::Method::GET, "/flows/nightly").await;
+        let runs = flow["recent_runs"].as_array().unwrap().clone();
+        if runs.len() == 2 {
+            assert_eq!(runs[1]["status"], "interrupted", "{}", runs[1]);
+            assert_eq!(runs[0]["trigger"], "start", "{}", runs[0]);
+            break runs[0]["id"].as_i64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no catch-up run: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let resumed = wait_for_run(&app, catch_up).await;
     assert_eq!(resumed["status"], "succeeded", "{resumed}");
-    let (_, flow) = admin(&app, reqwest::Method::GET, "/flows/nightly").await;
-    let runs = flow["recent_runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
-    assert_eq!(runs[1]["status"], "interrupted", "{}", runs[1]);
 
     // Every issue has exactly one case (cases_by_marker panics on a duplicate) …
     let cases = cases_by_marker(&sims);

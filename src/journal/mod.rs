@@ -32,7 +32,7 @@ pub use model::{
     Appended, Change, ChangeId, ChangeOp, ChangeStatus, DeadLetterId, NewChange, NewDeadLetter,
     Origin, Watermark,
 };
-pub use queue::Objects;
+pub use queue::{Objects, TakenOver};
 pub use runs::{Run, RunCounts, StartRunError};
 
 use crate::config::{JournalSettings, StorageSettings, Synchronous};

@@ -11,6 +11,15 @@ use sqlx::Row;
 use super::model::{Change, ChangeId, DeadLetterId, NewDeadLetter};
 use super::{ms, now_ms, Journal, JournalError};
 
+/// What [`Journal::take_over`] took back.
+#[derive(Debug, Default)]
+pub struct TakenOver {
+    /// Changes that were in flight.
+    pub changes: u64,
+    /// Runs that were running: (id, flow).
+    pub runs: Vec<(i64, String)>,
+}
+
 /// Which objects of a connector a claim takes.
 #[derive(Debug, Clone, Copy)]
 pub enum Objects<'a> {
@@ -175,13 +184,25 @@ impl Journal {
         Ok(out)
     }
 
-    /// Give back every change leased when this process starts: on SQLite one daemon owns the
-    /// database, so a lease still held is a dead process's (killed, or the machine lost), and
-    /// its changes are due again now rather than when the lease runs out (`dispatch.lease`, 2
-    /// minutes by default). The attempt stays counted, as for a stopped run: a create among
-    /// them may have reached the vendor, and looks for its marker first. Returns how many.
-    pub async fn release_leases(&self) -> Result<u64, JournalError> {
+    /// Take over from a dead process, when this one starts: on SQLite one daemon owns the
+    /// database (`app::lock_journal`), so whatever is still leased or running is a dead
+    /// process's (killed, or the machine lost). Its runs are marked `interrupted` (a scheduled
+    /// one is caught up at once) and its changes are due again now rather than when their
+    /// leases run out (`dispatch.lease`, 2 minutes by default). The attempt stays counted, as
+    /// for a stopped run: a create among them may have reached the vendor, and looks for its
+    /// marker first. One transaction.
+    pub async fn take_over(&self) -> Result<TakenOver, JournalError> {
         let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let runs: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE sync_runs
+                SET status = 'interrupted', ended_at = COALESCE(heartbeat_at, started_at),
+                    error = 'the process running it stopped'
+              WHERE status = 'running'
+          RETURNING id, flow",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let released = sqlx::query(
             "UPDATE changes
                 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
@@ -189,9 +210,13 @@ impl Journal {
               WHERE status = 'in_flight'",
         )
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(released.rows_affected())
+        tx.commit().await?;
+        Ok(TakenOver {
+            changes: released.rows_affected(),
+            runs,
+        })
     }
 
     /// Settle a claimed change as done with `outcome` (written, echo, stale, ...).
