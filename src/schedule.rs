@@ -202,7 +202,9 @@ impl Scheduler {
                 Job::Backfill => self.execute_backfill(&flow, &owner, &progress).await,
             }
         });
-        tokio::pin!(work);
+        // Boxed rather than pinned in place, so that a stop can drop it (and with it every task
+        // of its round) before the run's changes are given back.
+        let mut work = Box::pin(work);
         let beat = (self.liveness() / 4).max(Duration::from_millis(100));
         let result = loop {
             tokio::select! {
@@ -216,6 +218,9 @@ impl Scheduler {
                 () = self.stop.cancelled() => break None,
             }
         };
+        // The work ends here, finished or not: no task of it writes to a vendor after its
+        // changes are released (their parked bulk writes are discarded, see `sync::batch`).
+        drop(work);
         let (counts, checkpoint) = snapshot(&progress);
         let Some(result) = result else {
             // Stopping: the changes this run holds go back to the queue for the next run.

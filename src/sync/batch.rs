@@ -129,54 +129,32 @@ impl Batch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Full queues, or everything once every running task is parked.
+    /// Full queues, or everything once every running task is parked. A parked write whose
+    /// task is gone (the run was stopped and its tasks dropped) is discarded, never sent: its
+    /// change was given back to the journal and nobody would settle the write.
     fn take_ready(&self, queues: &mut Queues) -> Ready {
-        let mut ready = Ready::default();
-        let all = queues.parked > 0 && queues.parked >= queues.outstanding;
+        let kind = |connector: &str| self.connectors.get(connector).map(|c| c.kind());
+        let Queues {
+            outstanding,
+            parked,
+            updates,
+            creates,
+            reads,
+        } = queues;
+        discard_abandoned(updates, parked, |(_, _, r)| r.is_closed());
+        discard_abandoned(creates, parked, |(_, r)| r.is_closed());
+        discard_abandoned(reads, parked, |(_, r)| r.is_closed());
+        let all = *parked > 0 && *parked >= *outstanding;
         let full = |connector: &str, len: usize, op: Op| {
-            all || self
-                .connectors
-                .get(connector)
-                .and_then(|c| chunk(c.kind(), op))
+            all || kind(connector)
+                .and_then(|k| chunk(k, op))
                 .is_some_and(|max| len >= max)
         };
-        let keys: Vec<_> = queues
-            .updates
-            .iter()
-            .filter(|(key, items)| full(&key.0, items.len(), Op::Update))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in keys {
-            if let Some(items) = queues.updates.remove(&key) {
-                queues.parked -= items.len();
-                ready.updates.push((key, items));
-            }
+        Ready {
+            updates: take_full(updates, parked, |k, n| full(&k.0, n, Op::Update)),
+            creates: take_full(creates, parked, |k, n| full(&k.0, n, Op::Create)),
+            reads: take_full(reads, parked, |k, n| full(&k.0, n, Op::Read)),
         }
-        let keys: Vec<_> = queues
-            .creates
-            .iter()
-            .filter(|(key, items)| full(&key.0, items.len(), Op::Create))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in keys {
-            if let Some(items) = queues.creates.remove(&key) {
-                queues.parked -= items.len();
-                ready.creates.push((key, items));
-            }
-        }
-        let keys: Vec<_> = queues
-            .reads
-            .iter()
-            .filter(|(key, items)| full(&key.0, items.len(), Op::Read))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in keys {
-            if let Some(items) = queues.reads.remove(&key) {
-                queues.parked -= items.len();
-                ready.reads.push((key, items));
-            }
-        }
-        ready
     }
 
     /// Send ready writes one bulk call at a time, answering each call's records as soon as it
@@ -306,6 +284,40 @@ impl Batch {
         self.park(move |queues, reply| queues.creates.entry(key).or_default().push((record, reply)))
             .await
     }
+}
+
+/// Drop the parked writes nobody waits for any more, and the queues they leave empty.
+fn discard_abandoned<K: Ord, T>(
+    queues: &mut BTreeMap<K, Vec<T>>,
+    parked: &mut usize,
+    abandoned: impl Fn(&T) -> bool,
+) {
+    for items in queues.values_mut() {
+        let before = items.len();
+        items.retain(|item| !abandoned(item));
+        *parked -= before - items.len();
+    }
+    queues.retain(|_, items| !items.is_empty());
+}
+
+/// Take the queues `full` says are ready to send.
+fn take_full<K: Ord + Clone, T>(
+    queues: &mut BTreeMap<K, Vec<T>>,
+    parked: &mut usize,
+    full: impl Fn(&K, usize) -> bool,
+) -> Vec<(K, Vec<T>)> {
+    let keys: Vec<K> = queues
+        .iter()
+        .filter(|(key, items)| full(key, items.len()))
+        .map(|(key, _)| key.clone())
+        .collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let items = queues.remove(&key)?;
+            *parked -= items.len();
+            Some((key, items))
+        })
+        .collect()
 }
 
 /// One result per parked write, in order; a call that failed as a whole fails each of them.
