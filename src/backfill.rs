@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{FlowSettings, Settings, SideSettings};
+use crate::config::{FlowSettings, Settings};
 use crate::connectors::{self, ConnectorError, Connectors, Record};
 use crate::journal::{ChangeOp, Journal, JournalError, Link, NewChange, Origin, Synced};
 use crate::reconcile::{list_both, Listed};
@@ -72,23 +72,9 @@ pub struct Plan {
     pub ambiguous: Vec<Ambiguous>,
 }
 
-fn side_of(flow: &FlowSettings, side: Side) -> &SideSettings {
-    match side {
-        Side::Left => &flow.left,
-        Side::Right => &flow.right,
-    }
-}
-
-fn feeds(flow: &FlowSettings, side: Side) -> bool {
-    match side {
-        Side::Left => flow.direction.writes_right(),
-        Side::Right => flow.direction.writes_left(),
-    }
-}
-
 /// A match key's value as text (Salesforce auto-numbers are strings, a Jira number field is a
 /// number): trimmed; empty means none.
-fn key_text(record: &Record, path: Option<&str>) -> Option<String> {
+pub(crate) fn key_text(record: &Record, path: Option<&str>) -> Option<String> {
     let value = mapping::get_path(&record.fields, path?)?;
     let text = match value {
         Value::String(s) => s.trim().to_string(),
@@ -266,7 +252,7 @@ impl Backfiller<'_> {
             .map(|a| (a.side, a.id.clone()))
             .collect();
         for (i, side, records) in [(0, Side::Left, &lefts), (1, Side::Right, &rights)] {
-            if !feeds(flow, side) {
+            if !side.feeds(flow.direction) {
                 continue;
             }
             for record in records.iter() {
@@ -314,7 +300,7 @@ impl Backfiller<'_> {
             let Some(record) = listed[i].get(&item.id) else {
                 continue;
             };
-            let conf = side_of(flow, side);
+            let conf = side.of(flow);
             changes.push(NewChange {
                 // The key a poll of this state would use: stored once, whoever sees it first.
                 dedupe_key: connectors::state_key(

@@ -367,14 +367,15 @@ impl Metrics {
                 seen.push(*c);
                 first
             })
+            // `get`, not `get_or_create`: a status read must not register series nothing counts.
             .map(|connector| {
                 self.sync_outcomes
-                    .get_or_create(&SyncLabels {
+                    .get(&SyncLabels {
                         flow: flow.to_string(),
                         connector: connector.to_string(),
                         outcome: outcome.to_string(),
                     })
-                    .get()
+                    .map_or(0, |counter| counter.get())
             })
             .sum()
     }

@@ -104,7 +104,7 @@ pub async fn list_both(
 ) -> Result<Listed, ConnectorError> {
     let mut listed: Listed = Default::default();
     for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
-        let conf = side_of(flow, side);
+        let conf = side.of(flow);
         let connector = connectors.get(&conf.connector).ok_or_else(|| {
             ConnectorError::new(
                 &conf.connector,
@@ -127,20 +127,6 @@ fn side_index(side: Side) -> usize {
     match side {
         Side::Left => 0,
         Side::Right => 1,
-    }
-}
-
-fn side_of(flow: &FlowSettings, side: Side) -> &SideSettings {
-    match side {
-        Side::Left => &flow.left,
-        Side::Right => &flow.right,
-    }
-}
-
-fn feeds(flow: &FlowSettings, side: Side) -> bool {
-    match side {
-        Side::Left => flow.direction.writes_right(),
-        Side::Right => flow.direction.writes_left(),
     }
 }
 
@@ -233,7 +219,7 @@ impl Reconciler<'_> {
         let mut listed = list_both(self.connectors, flow, since).await?;
         let mut busy: [HashSet<String>; 2] = Default::default();
         for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
-            let conf = side_of(flow, side);
+            let conf = side.of(flow);
             busy[i] = self
                 .journal
                 .unsettled_records(&conf.connector, &conf.object)
@@ -279,7 +265,7 @@ impl Reconciler<'_> {
             if wanted[i].is_empty() {
                 continue;
             }
-            let conf = side_of(flow, side);
+            let conf = side.of(flow);
             let connector = self.connector(conf)?;
             let fields = crate::ingest::side_fields(flow, side == Side::Left, connector.kind());
             for record in connector
@@ -290,6 +276,10 @@ impl Reconciler<'_> {
             }
         }
 
+        // Looked up once per link: sets, not the lists handed to `read_many`.
+        let wanted: [HashSet<&str>; 2] = wanted
+            .each_ref()
+            .map(|ids| ids.iter().map(String::as_str).collect());
         let mut linked: [HashSet<&str>; 2] = Default::default();
         for link in &links {
             linked[0].insert(&link.left_id);
@@ -299,7 +289,7 @@ impl Reconciler<'_> {
                 continue;
             }
             let (left, right) = (listed[0].get(&link.left_id), listed[1].get(&link.right_id));
-            let was_wanted = |i: usize, id: &String| wanted[i].contains(id);
+            let was_wanted = |i: usize, id: &String| wanted[i].contains(id.as_str());
             let gone_left = left.is_none() && was_wanted(0, &link.left_id);
             let gone_right = right.is_none() && was_wanted(1, &link.right_id);
             if gone_left || gone_right {
@@ -328,10 +318,10 @@ impl Reconciler<'_> {
         }
 
         for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
-            if !feeds(flow, side) {
+            if !side.feeds(flow.direction) {
                 continue;
             }
-            let conf = side_of(flow, side);
+            let conf = side.of(flow);
             let mut ids: Vec<&String> = listed[i]
                 .keys()
                 .filter(|id| !linked[i].contains(id.as_str()))
@@ -343,13 +333,8 @@ impl Reconciler<'_> {
                     continue;
                 }
                 let record = &listed[i][id];
-                let marker = conf
-                    .marker
-                    .as_deref()
-                    .and_then(|m| mapping::get_path(&record.fields, m))
-                    .and_then(Value::as_str)
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_string);
+                // Read as backfill reads it, so a numeric marker is reported too.
+                let marker = crate::backfill::key_text(record, conf.marker.as_deref());
                 report.missing.push(Missing {
                     side: side.as_str().to_string(),
                     connector: conf.connector.clone(),
@@ -373,7 +358,7 @@ impl Reconciler<'_> {
     ) -> Result<usize, ReconcileError> {
         let mut changes = Vec::new();
         let change = |side: Side, id: &str, op: ChangeOp| {
-            let conf = side_of(flow, side);
+            let conf = side.of(flow);
             // The state as listed, with its time: a complete snapshot needs no read, and the
             // conflict policy can compare both sides' values and times. A record that changes
             // again before the change is carried out is read afresh by the engine's stale check.
@@ -421,20 +406,20 @@ impl Reconciler<'_> {
                     }
                 }
             }
-            if left && feeds(flow, Side::Left) {
+            if left && Side::Left.feeds(flow.direction) {
                 changes.push(change(Side::Left, &drift.left_id, ChangeOp::Upsert));
             }
-            if right && feeds(flow, Side::Right) {
+            if right && Side::Right.feeds(flow.direction) {
                 changes.push(change(Side::Right, &drift.right_id, ChangeOp::Upsert));
             }
         }
         for orphan in &report.orphaned {
             // The record is gone: a delete, which the flow's delete policy turns into an
             // unlink, a delete of the counterpart, or nothing.
-            if orphan.missing != "right" && feeds(flow, Side::Left) {
+            if orphan.missing != "right" && Side::Left.feeds(flow.direction) {
                 changes.push(change(Side::Left, &orphan.left_id, ChangeOp::Delete));
             }
-            if orphan.missing != "left" && feeds(flow, Side::Right) {
+            if orphan.missing != "left" && Side::Right.feeds(flow.direction) {
                 changes.push(change(Side::Right, &orphan.right_id, ChangeOp::Delete));
             }
         }

@@ -324,13 +324,13 @@ async fn flow_status(
         unlinked: count("unlinked"),
         written: count("written"),
     };
+    let last_run = state.journal.last_run(name).await.map_err(internal)?;
     let (mode, next_run) = match &flow.mode {
         FlowMode::Realtime => (Mode::Realtime, None),
         FlowMode::Scheduled(schedule) => {
-            let last = state.journal.last_run(name).await.map_err(internal)?;
             let next = crate::schedule::next_after(
                 schedule,
-                last.as_ref().map_or(now, |run| run.started_at),
+                last_run.as_ref().map_or(now, |run| run.started_at),
             );
             let schedule = match schedule {
                 Schedule::Every(every) => ScheduleView::Every {
@@ -348,7 +348,6 @@ async fn flow_status(
             (Mode::Scheduled(schedule), Some(next.timestamp_millis()))
         }
     };
-    let last_run = state.journal.last_run(name).await.map_err(internal)?;
     Ok(FlowStatus {
         name: name.to_string(),
         mode,

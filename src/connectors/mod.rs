@@ -179,9 +179,6 @@ impl Connector {
         each!(self, c => c.read(object, id, fields).await)
     }
 
-    /// One page of the records of `object` matching `filter` (JQL / SOQL `WHERE` clause, written
-    /// by the operator) modified at or after `since` (epoch ms; `None` for all), oldest first,
-    /// ties in id order. Pass the previous page's `next` to continue.
     /// Read many records by id, in as few calls as the vendor allows; missing ones are absent.
     pub async fn read_many(
         &self,
@@ -192,6 +189,9 @@ impl Connector {
         each!(self, c => c.read_many(object, ids, fields).await)
     }
 
+    /// One page of the records of `object` matching `filter` (JQL / SOQL `WHERE` clause, written
+    /// by the operator) modified at or after `since` (epoch ms; `None` for all), oldest first,
+    /// ties in id order. Pass the previous page's `next` to continue.
     pub async fn changed_since(
         &self,
         object: &str,

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::batch::Batch;
 use super::mapping::{self, Side};
 use crate::config::{
-    ConflictPolicy, DeletePolicy, Direction, FieldRule, FlowSettings, Settings, SideSettings,
+    ConflictPolicy, DeletePolicy, FieldRule, FlowSettings, Settings, SideSettings,
 };
 use crate::connectors::{Connector, ConnectorError, Connectors, ErrorKind, Marker, NewRecord};
 use crate::journal::{now_ms, ChangeId, ChangeOp, Journal, JournalError, Link, Origin, Synced};
@@ -102,7 +102,7 @@ pub struct Route<'a> {
 impl Route<'_> {
     /// The side the flow writes to for this change.
     pub fn target(&self) -> &SideSettings {
-        side_of(self.flow, self.side.other())
+        self.side.other().of(self.flow)
     }
 }
 
@@ -110,20 +110,6 @@ pub struct Engine {
     settings: std::sync::Arc<Settings>,
     connectors: Connectors,
     journal: Journal,
-}
-
-fn side_of(flow: &FlowSettings, side: Side) -> &SideSettings {
-    match side {
-        Side::Left => &flow.left,
-        Side::Right => &flow.right,
-    }
-}
-
-fn writes(direction: Direction, from: Side) -> bool {
-    match from {
-        Side::Left => direction.writes_right(),
-        Side::Right => direction.writes_left(),
-    }
 }
 
 fn modified(link: &Link, side: Side) -> Option<i64> {
@@ -181,13 +167,13 @@ impl Engine {
         let mut routes = Vec::new();
         for (name, flow) in &self.settings.flows {
             for side in [Side::Left, Side::Right] {
-                let s = side_of(flow, side);
+                let s = side.of(flow);
                 let covers = if comment {
                     flow.comments
                 } else {
                     s.object == object
                 };
-                if s.connector == connector && covers && writes(flow.direction, side) {
+                if s.connector == connector && covers && side.feeds(flow.direction) {
                     routes.push(Route {
                         name,
                         flow,
@@ -209,7 +195,7 @@ impl Engine {
     }
 
     pub(super) fn side<'f>(&self, flow: &'f FlowSettings, side: Side) -> &'f SideSettings {
-        side_of(flow, side)
+        side.of(flow)
     }
 
     pub(super) fn connector_named(&self, name: &str) -> Result<&Connector, Failed> {
@@ -235,7 +221,7 @@ impl Engine {
         flow.fields
             .iter()
             .enumerate()
-            .filter(|(_, rule)| writes(rule.direction.unwrap_or(flow.direction), side))
+            .filter(|(_, rule)| side.feeds(rule.direction.unwrap_or(flow.direction)))
             .collect()
     }
 
@@ -257,7 +243,7 @@ impl Engine {
         }
         let (flow, s) = (route.flow, route.side);
         let t = s.other();
-        let (s_conf, t_conf) = (side_of(flow, s), side_of(flow, t));
+        let (s_conf, t_conf) = (s.of(flow), t.of(flow));
         let source = self.connector(&s_conf.connector)?;
         let target = self.connector(&t_conf.connector)?;
         let mut link = self
@@ -581,7 +567,7 @@ impl Engine {
     ) -> Result<Done, Failed> {
         let (flow, s) = (route.flow, route.side);
         let t = s.other();
-        let (s_conf, t_conf) = (side_of(flow, s), side_of(flow, t));
+        let (s_conf, t_conf) = (s.of(flow), t.of(flow));
         let new_link = |t_id: String, synced: BTreeMap<usize, Synced>| {
             let (left_id, right_id) = match s {
                 Side::Left => (work.record_id.clone(), t_id),

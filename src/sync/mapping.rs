@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::adf;
-use crate::config::{ConnectorKind, FieldRule, Transform};
+use crate::config::{ConnectorKind, Direction, FieldRule, FlowSettings, SideSettings, Transform};
 
 /// One side of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,6 +19,22 @@ pub enum Side {
 }
 
 impl Side {
+    /// This side of `flow`.
+    pub fn of(self, flow: &FlowSettings) -> &SideSettings {
+        match self {
+            Side::Left => &flow.left,
+            Side::Right => &flow.right,
+        }
+    }
+
+    /// Whether `direction` carries this side's changes to the other side.
+    pub fn feeds(self, direction: Direction) -> bool {
+        match self {
+            Side::Left => direction.writes_right(),
+            Side::Right => direction.writes_left(),
+        }
+    }
+
     pub fn other(self) -> Side {
         match self {
             Side::Left => Side::Right,
