@@ -6,8 +6,8 @@
 //! in rounds, one task per record, and the tasks' writes meet in a [`Batch`] that sends them in
 //! the vendors' bulk calls. Every change is settled on its own as its result comes back, so a
 //! run is checkpointed by the journal itself: killed half-way, what was settled stays settled,
-//! and what was not is claimed again by the next run (released at once, see
-//! `Journal::start_run`, with its attempt counted so a create looks for its marker first).
+//! and what was not is claimed again by the next run (released when the daemon starts again,
+//! see `Journal::take_over`, with its attempt counted so a create looks for its marker first).
 //!
 //! Two runs of one flow never overlap: starting one is an insert that a partial unique index
 //! refuses while another runs.
@@ -169,18 +169,17 @@ impl Scheduler {
             return Err(RunError::Journal(JournalError::WriterStopped));
         }
         let owner = format!("run-{flow}-{}", uuid::Uuid::new_v4());
-        let dead_before = now_ms() - i64::try_from(self.liveness().as_millis()).unwrap_or(0);
-        let id = self
-            .journal
-            .start_run(flow, &owner, trigger, dead_before)
-            .await?;
+        let id = self.journal.start_run(flow, &owner, trigger).await?;
         tracing::info!(flow, run = id, trigger, "run started");
         let this = self.clone();
         let flow = flow.to_string();
-        self.runs
+        let mut runs = self
+            .runs
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spawn(async move { this.run(flow, id, owner, job).await });
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Reap the runs that have ended, or the set grows for the daemon's whole life.
+        while runs.try_join_next().is_some() {}
+        runs.spawn(async move { this.run(flow, id, owner, job).await });
         Ok(id)
     }
 
@@ -642,7 +641,8 @@ impl Scheduler {
                 Err(error) => tracing::warn!(flow, %error, "starting a scheduled run failed"),
             }
             trigger = "schedule";
-            // Let the run register before the next look at it.
+            // Not straight back: when starting failed, the schedule's time is still past and
+            // the next look would try again at once, in a loop.
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 () = self.stop.cancelled() => return,

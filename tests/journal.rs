@@ -540,7 +540,7 @@ async fn leases_and_runs_left_by_a_dead_process_are_taken_over_at_once_with_atte
     assert!(journal.claim("next", 10, LEASE).await.unwrap().is_empty());
 
     let run = journal
-        .start_run("nightly", "dead-worker", "schedule", 0)
+        .start_run("nightly", "dead-worker", "schedule")
         .await
         .unwrap();
     let taken = journal.take_over().await.unwrap();

@@ -321,7 +321,7 @@ async fn two_runs_of_a_flow_never_overlap() {
         let journal = app.journal.clone();
         starts.spawn(async move {
             journal
-                .start_run("other", &format!("owner-{i}"), "test", 0)
+                .start_run("other", &format!("owner-{i}"), "test")
                 .await
         });
     }

@@ -66,41 +66,17 @@ const COLUMNS: &str = "id, flow, status, trigger, started_at, ended_at, seen, wr
 impl Journal {
     /// Start a run of `flow` owned by `owner`, unless one is running.
     ///
-    /// A running row whose heartbeat is older than `dead_before` belongs to a process that
-    /// died: it is marked `interrupted` and the changes it held are released (their attempt
-    /// stays counted, so a create among them looks for its marker before creating again).
+    /// A run left `running` by a dead process is not this function's concern: the daemon owns
+    /// the journal and marks such runs interrupted when it starts (`Journal::take_over`), so a
+    /// running row here is always a live run of this process.
     pub async fn start_run(
         &self,
         flow: &str,
         owner: &str,
         trigger: &str,
-        dead_before: i64,
     ) -> Result<i64, StartRunError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        // A write first: the transaction takes the write lock at once (waiting its turn),
-        // rather than reading first and failing to upgrade when another start got in between.
-        let dead: Vec<(i64, Option<String>)> = sqlx::query_as(
-            "UPDATE sync_runs
-                SET status = 'interrupted', ended_at = COALESCE(heartbeat_at, started_at),
-                    error = 'the process running it stopped'
-              WHERE flow = ? AND status = 'running' AND COALESCE(heartbeat_at, started_at) < ?
-          RETURNING id, owner",
-        )
-        .bind(flow)
-        .bind(dead_before)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (id, owner) in dead {
-            if let Some(owner) = owner {
-                release(&mut tx, &owner, now).await?;
-            }
-            tracing::warn!(
-                flow,
-                run = id,
-                "an earlier run was interrupted; its changes are released"
-            );
-        }
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO sync_runs (flow, started_at, status, owner, heartbeat_at, trigger)
              VALUES (?, ?, 'running', ?, ?, ?)
