@@ -339,13 +339,21 @@ impl ChildDaemon {
     }
 
     /// SIGKILL: no destructor, no flush, no close.
-    pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    pub fn kill(self) {
+        drop(self);
     }
 }
 
-/// The child side of [`ChildDaemon`]: serve until killed (or stdin closes).
+/// Killed however the bench ends (a panic included), so no daemon outlives it holding the port
+/// and the journal's lock.
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child side of [`ChildDaemon`]: serve until killed.
 pub fn run_child(dir: &str) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -355,11 +363,9 @@ pub fn run_child(dir: &str) {
         let dir = Path::new(dir);
         let overlay = std::fs::read_to_string(dir.join("overlay.toml")).unwrap();
         let settings = settings_in(dir, &overlay);
-        if log_level() != "off" {
-            tandem::telemetry::init(
-                tandem::config::LogFormat::Pretty,
-                settings.log.level.as_deref().unwrap_or("info"),
-            );
+        let level = log_level();
+        if level != "off" {
+            tandem::telemetry::init(tandem::config::LogFormat::Pretty, &level);
         }
         let app = Application::build(settings).await.unwrap();
         println!("listening {}", app.local_addr());
@@ -413,7 +419,6 @@ pub struct Shot {
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
-    pub sent: usize,
     pub ok: usize,
     pub failed: usize,
     pub elapsed: Duration,
@@ -538,7 +543,6 @@ pub async fn drive_paced(
         result.latencies_us.extend(latencies);
     }
     result.elapsed = started.elapsed();
-    result.sent = result.ok + result.failed;
     result.latencies_us.sort_unstable();
     result
 }
@@ -582,7 +586,6 @@ pub async fn capture() -> Capture {
     Capture { url, bodies }
 }
 
-/// Wait until `done` holds, checking every `every`, at most `timeout`; whether it held.
 /// Create `count` Jira issues through the REST API's bulk endpoint (50 a call), as people would:
 /// the emulator applies them, stamps `updated` and sends its webhooks.
 pub async fn create_issues(jira: &JiraSim, count: usize, label: &str, priority: &str) {
@@ -610,6 +613,7 @@ pub async fn create_issues(jira: &JiraSim, count: usize, label: &str, priority: 
     }
 }
 
+/// Wait until `done` holds, checking every `every`, at most `timeout`; whether it held.
 pub async fn wait_until<F, Fut>(timeout: Duration, every: Duration, mut done: F) -> bool
 where
     F: FnMut() -> Fut,

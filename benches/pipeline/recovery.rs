@@ -159,7 +159,7 @@ pub fn run(options: &Options) -> Value {
             daemon.kill();
             acked_at_kill.push(acked.len());
             cases_at_kill.push(sims.sf.records("Case").len());
-            // Changes the dead daemon held under a lease: nobody takes them before it expires.
+            // Changes the dead daemon held under a lease, taken back when the next one starts.
             let options_db = tandem::journal::connect_options(&settings.storage).unwrap();
             held_at_kill.push(client.block_on(async {
                 let pool = SqlitePoolOptions::new()
