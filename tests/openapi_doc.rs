@@ -410,13 +410,9 @@ async fn live_answers_fit_the_document() {
         ("/api/v1/dead-letters/999999", 404),
         ("/api/v1/dead-letters/nope", 400),
     ] {
-        let body = fits(
-            &spec,
-            "get",
-            "/api/v1/dead-letters/{id}",
-            get(path).send().await.unwrap(),
-        )
-        .await;
+        let response = get(path).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body = fits(&spec, "get", "/api/v1/dead-letters/{id}", response).await;
         assert!(body["error"]["code"].is_string(), "{path} → {status}");
     }
     fits(

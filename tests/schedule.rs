@@ -346,6 +346,38 @@ async fn two_runs_of_a_flow_never_overlap() {
     sims.stop().await;
 }
 
+#[tokio::test]
+async fn run_routes_refuse_a_realtime_flow_and_never_show_another_flows_run() {
+    let sims = Sims::start().await;
+    // Beside `nightly`, a realtime flow that no test record feeds: Salesforce Contacts → Jira.
+    let realtime = "\n[flows.live]\nleft = { connector = \"jira\", object = \"issue\", filter = \"project = OPS\", marker = \"customfield_10051\" }\n\
+                    right = { connector = \"salesforce\", object = \"Contact\" }\ndirection = \"right_to_left\"\n\
+                    [[flows.live.fields]]\nleft = \"summary\"\nright = \"LastName\"\n";
+    let app = start_with(&sims, &format!("{FLOW}{realtime}")).await;
+    let (status, body) = admin(&app, reqwest::Method::POST, "/flows/live/run").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_scheduled");
+
+    // A run of another flow is not one of nightly's; nor is an id that names no run.
+    let other = app
+        .journal
+        .start_run("live", "owner", "test")
+        .await
+        .unwrap();
+    for id in [other.to_string(), "999999".to_string(), "abc".to_string()] {
+        let (status, body) = admin(
+            &app,
+            reqwest::Method::GET,
+            &format!("/flows/nightly/runs/{id}"),
+        )
+        .await;
+        assert_eq!(status, 404, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "unknown_run", "{id}");
+    }
+    app.stop().await;
+    sims.stop().await;
+}
+
 const CHILD_ENV: &str = "SCHEDULE_CHILD_DIR";
 const CHILD_TEST: &str = "a_run_killed_half_way_is_resumed_by_the_next_without_duplicates";
 
@@ -541,15 +573,10 @@ async fn reconcile(app: &common::TestApp, query: &str) -> Value {
 async fn reconcile_finds_each_kind_of_drift_and_repair_fixes_it_through_the_flow() {
     let sims = Sims::start().await;
     // Deletes propagate, so repairing an orphaned link removes the record left behind.
-    let flow = FLOW
-        .replace(
-            "[flows.nightly.defaults.left]",
-            "[flows.nightly.defaults.left]\n",
-        )
-        .replace(
-            "mode = { scheduled = { every = \"1h\" } }",
-            "mode = { scheduled = { every = \"1h\" } }\ndeletes = \"propagate\"",
-        );
+    let flow = FLOW.replace(
+        "mode = { scheduled = { every = \"1h\" } }",
+        "mode = { scheduled = { every = \"1h\" } }\ndeletes = \"propagate\"",
+    );
     let app = start_with(&sims, &flow).await;
     let (_, none) = admin(&app, reqwest::Method::GET, "/flows/nightly/reconcile").await;
     assert_eq!(none["error"]["code"], "no_report");

@@ -283,8 +283,13 @@ async fn a_second_daemon_on_the_same_journal_is_refused_until_the_first_stops() 
     assert!(message.contains("tandem.db.lock"), "{message}");
     // The refused start touched nothing the first one holds: it still serves, and once it has
     // stopped, the next one starts.
+    let addr = first.local_addr();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(first.run_until_stopped(shutdown.clone()));
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
     shutdown.cancel();
     server.await.unwrap().unwrap();
     let again = tandem::app::Application::build(common::settings(&dir, ""))
