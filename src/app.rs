@@ -252,7 +252,17 @@ impl Application {
             workers.clone(),
         );
         let scheduler = state.scheduler.clone();
-        let mut timers = scheduler.start().await?;
+        let mut timers = match scheduler.start().await {
+            Ok(timers) => timers,
+            Err(error) => {
+                // Stop what was started, in the usual order, before reporting it.
+                workers.cancel();
+                while pollers.join_next().await.is_some() {}
+                while dispatchers.join_next().await.is_some() {}
+                journal.close().await;
+                return Err(error.into());
+            }
+        };
         let usage = tokio::spawn(flush_usage_until(
             connectors.clone(),
             journal.clone(),

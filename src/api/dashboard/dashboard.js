@@ -455,7 +455,8 @@
   function resetDeadLetters() {
     state.deadLetters = { items: [], next: null, shown: DL_PAGE };
     state.expanded.clear();
-    refresh();
+    // Only the list changed its filter: reload it alone.
+    section(loadDeadLetters, 'dl-error');
   }
 
   // ---- record lookup ----
@@ -539,69 +540,52 @@
 
   // ---- refresh ----
 
-  async function refresh() {
+  // Load one section, showing its error beside it; false when the session ended (the page
+  // has gone back to the token form).
+  async function section(load, errorId) {
+    try {
+      await load();
+      $(errorId).textContent = '';
+      return true;
+    } catch (error) {
+      if (sessionError(error)) return false;
+      $(errorId).textContent = error.message;
+      return true;
+    }
+  }
+
+  // Redraw the page: flows, connectors and, unless `deadLetters` is false (a payload the
+  // operator is reading stays open), the dead-letter list. A refresh asked for while one runs
+  // is done right after it, the fuller of the two asks winning.
+  async function refresh(deadLetters = true) {
     if (!state.token) return;
     if (state.refreshing) {
-      state.again = true;
+      state.again = state.again === 'all' || deadLetters ? 'all' : 'summaries';
       return;
     }
     state.refreshing = true;
     try {
       // Flows first: it proves the token before the other calls repeat the same refusal.
-      try {
-        drawFlows((await api('/flows')).flows);
-        $('flows-error').textContent = '';
-      } catch (error) {
-        if (sessionError(error)) return;
-        $('flows-error').textContent = error.message;
-      }
+      if (!(await section(async () => drawFlows((await api('/flows')).flows), 'flows-error'))) return;
       showOnly('main');
-      try {
-        drawConnectors((await api('/connectors')).connectors);
-        $('connectors-error').textContent = '';
-      } catch (error) {
-        if (sessionError(error)) return;
-        $('connectors-error').textContent = error.message;
-      }
-      try {
-        await loadDeadLetters();
-        $('dl-error').textContent = '';
-      } catch (error) {
-        if (sessionError(error)) return;
-        $('dl-error').textContent = error.message;
-      }
+      if (!(await section(async () => drawConnectors((await api('/connectors')).connectors),
+        'connectors-error'))) return;
+      if (deadLetters && !(await section(loadDeadLetters, 'dl-error'))) return;
       $('updated').textContent = 'Updated ' + time(Date.now()) + ', every 5 s';
     } finally {
       state.refreshing = false;
     }
     if (state.again) {
+      const all = state.again === 'all';
       state.again = false;
-      await refresh();
+      await refresh(all);
     }
   }
 
   function tick() {
     if (document.hidden || !state.token) return;
     // Redrawing the list would close an open payload the operator is reading.
-    if (state.expanded.size > 0) {
-      refreshSummaries();
-      return;
-    }
-    refresh();
-  }
-
-  async function refreshSummaries() {
-    if (state.refreshing) return;
-    state.refreshing = true;
-    try {
-      drawFlows((await api('/flows')).flows);
-      drawConnectors((await api('/connectors')).connectors);
-      $('updated').textContent = 'Updated ' + time(Date.now()) + ', every 5 s';
-    } catch (error) {
-      sessionError(error);
-    } finally {
-      state.refreshing = false;
-    }
+    refresh(state.expanded.size === 0);
   }
 
   // Without a token the admin API still tells a disabled API (503) from a missing token (401),
